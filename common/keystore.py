@@ -1,0 +1,247 @@
+"""Provider keys in PostgreSQL: adding, listing, loading for the rotator, status changes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from common.crypto import SecretBox, mask_secret
+from common.errors import InvalidInputError, SecretDecryptionError
+from common.models import KeyStatus, Provider, ProviderKey
+
+logger = logging.getLogger(__name__)
+
+# The model used when a key names none.
+DEFAULT_MODELS = {
+    Provider.OPENAI: "gpt-4o-mini",
+    Provider.OPENAI_COMPATIBLE: "gpt-4o-mini",
+    Provider.GEMINI: "gemini-2.5-flash",
+    Provider.VERTEX: "gemini-2.5-flash",
+    Provider.ANTHROPIC: "claude-sonnet-4-5",
+}
+
+# Statuses the rotator may pick from; a cooling key is skipped until its cooldown ends.
+_SELECTABLE_STATUSES = (KeyStatus.ACTIVE, KeyStatus.COOLING)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A provider key with its secret decrypted, as the rotator uses it."""
+
+    id: int
+    provider: Provider
+    label: str
+    secret: str = field(repr=False)
+    model: str
+    base_url: str | None
+    project: str | None
+    priority: int
+    status: KeyStatus
+    cooldown_until: datetime | None
+    last_used_at: datetime | None
+
+
+def parse_provider(value: str) -> Provider:
+    try:
+        return Provider(value)
+    except ValueError:
+        choices = ", ".join(provider.value for provider in Provider)
+        raise InvalidInputError(f"unknown provider {value!r}; use one of: {choices}") from None
+
+
+def _check_base_url(provider: Provider, base_url: str | None) -> None:
+    if provider is Provider.OPENAI_COMPATIBLE and not base_url:
+        raise InvalidInputError(
+            "an openai-compatible key needs the server's base URL; "
+            "pass --base-url http://HOST:PORT/v1"
+        )
+    if base_url is None:
+        return
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidInputError(
+            f"base URL {base_url!r} is not an http(s) URL; pass one like http://HOST:PORT/v1"
+        )
+
+
+def _usable_keys_query() -> Select[ProviderKey]:
+    return (
+        select(ProviderKey)
+        .where(ProviderKey.status.in_(_SELECTABLE_STATUSES))
+        .order_by(
+            ProviderKey.priority.desc(),
+            ProviderKey.last_used_at.asc().nulls_first(),
+            ProviderKey.id,
+        )
+    )
+
+
+def _to_records(rows: Sequence[ProviderKey], box: SecretBox) -> list[KeyRecord]:
+    records = []
+    for row in rows:
+        try:
+            secret = box.decrypt(row.secret_encrypted, key_label=row.label)
+        except SecretDecryptionError as exc:
+            # The key stays as stored: the operator fixes the master key or re-adds it.
+            logger.warning("skipping key %s: %s", row.id, exc)
+            continue
+        provider = Provider(row.provider)
+        records.append(
+            KeyRecord(
+                id=row.id,
+                provider=provider,
+                label=row.label,
+                secret=secret,
+                model=row.model or DEFAULT_MODELS[provider],
+                base_url=row.base_url,
+                project=row.project,
+                priority=row.priority,
+                status=KeyStatus(row.status),
+                cooldown_until=row.cooldown_until,
+                last_used_at=row.last_used_at,
+            )
+        )
+    return records
+
+
+async def load_selectable_keys(session: AsyncSession, box: SecretBox) -> list[KeyRecord]:
+    """Load the keys the rotator may use, best first, through the async driver."""
+    rows = (await session.scalars(_usable_keys_query())).all()
+    return _to_records(rows, box)
+
+
+def load_selectable_keys_sync(session: Session, box: SecretBox) -> list[KeyRecord]:
+    """Load the keys the rotator may use, best first, through the sync driver."""
+    rows = session.scalars(_usable_keys_query()).all()
+    return _to_records(rows, box)
+
+
+def add_key(
+    session: Session,
+    box: SecretBox,
+    *,
+    provider: str,
+    label: str,
+    secret: str,
+    base_url: str | None = None,
+    model: str | None = None,
+    project: str | None = None,
+    priority: int = 0,
+) -> ProviderKey:
+    """Store a new provider key with its secret encrypted, and commit."""
+    parsed = parse_provider(provider)
+    label = label.strip()
+    secret = secret.strip()
+    if not label:
+        raise InvalidInputError("the key label is empty; pass --label NAME")
+    if not secret:
+        raise InvalidInputError("the secret is empty; pipe it on standard input")
+    _check_base_url(parsed, base_url)
+
+    key = ProviderKey(
+        provider=parsed.value,
+        label=label,
+        secret_encrypted=box.encrypt(secret),
+        secret_hint=mask_secret(secret),
+        base_url=base_url,
+        model=model,
+        project=project,
+        priority=priority,
+        status=KeyStatus.ACTIVE.value,
+    )
+    session.add(key)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise InvalidInputError(
+            f"a key labelled {label!r} already exists; choose another --label or remove it first"
+        ) from None
+    return key
+
+
+def list_keys_sync(session: Session) -> list[ProviderKey]:
+    return list(session.scalars(select(ProviderKey).order_by(ProviderKey.id)).all())
+
+
+def remove_key_by_label_sync(session: Session, label: str) -> bool:
+    """Delete the key with `label`; return whether one existed."""
+    key = session.scalar(select(ProviderKey).where(ProviderKey.label == label))
+    if key is None:
+        return False
+    session.delete(key)
+    session.commit()
+    return True
+
+
+async def set_key_status(
+    session: AsyncSession,
+    key_id: int,
+    status: KeyStatus,
+    *,
+    reason: str,
+    cooldown_until: datetime | None = None,
+) -> None:
+    """Store a status change with its reason and time. Disabled keys keep their status.
+
+    An operator's decision outranks what a call observed, so a key disabled while a
+    call was in flight is not turned back into invalid or cooling.
+    """
+    await session.execute(
+        update(ProviderKey)
+        .where(ProviderKey.id == key_id, ProviderKey.status != KeyStatus.DISABLED.value)
+        .values(
+            status=status.value,
+            status_reason=reason,
+            status_changed_at=func.now(),
+            cooldown_until=cooldown_until,
+            last_error=reason,
+        )
+    )
+
+
+async def record_key_success(
+    session: AsyncSession, key_id: int, *, prompt_tokens: int, completion_tokens: int
+) -> None:
+    """Count a served request, and end a cooldown that has passed."""
+    await session.execute(
+        update(ProviderKey)
+        .where(ProviderKey.id == key_id)
+        .values(
+            request_count=ProviderKey.request_count + 1,
+            prompt_tokens=ProviderKey.prompt_tokens + prompt_tokens,
+            completion_tokens=ProviderKey.completion_tokens + completion_tokens,
+            last_used_at=func.now(),
+        )
+    )
+    await session.execute(
+        update(ProviderKey)
+        .where(ProviderKey.id == key_id, ProviderKey.status == KeyStatus.COOLING.value)
+        .values(
+            status=KeyStatus.ACTIVE.value,
+            status_reason="served a request after its cooldown",
+            status_changed_at=func.now(),
+            cooldown_until=None,
+        )
+    )
+
+
+async def record_key_failure(session: AsyncSession, key_id: int, *, error: str) -> None:
+    """Count a failed request and keep its (redacted) error."""
+    await session.execute(
+        update(ProviderKey)
+        .where(ProviderKey.id == key_id)
+        .values(
+            request_count=ProviderKey.request_count + 1,
+            last_used_at=func.now(),
+            last_error=error,
+        )
+    )

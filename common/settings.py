@@ -1,0 +1,131 @@
+"""Settings read from the environment, validated once at start-up."""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+from cryptography.fernet import Fernet
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from common.errors import ConfigError
+
+GENERATE_SECRET_KEY_HINT = (
+    'generate one with: python -c "from cryptography.fernet import Fernet; '  # noqa: S105
+    'print(Fernet.generate_key().decode())"'
+)
+
+# How to fix each variable, shown when it is missing or malformed.
+_FIXES = {
+    "DATABASE_URL": "set it to a PostgreSQL URL such as postgresql://user:password@127.0.0.1:5432/modcus",
+    "REDIS_URL": "set it to a Redis URL such as redis://127.0.0.1:6379/0",
+    "MODCUS_SECRET_KEY": f"set it to a Fernet key; {GENERATE_SECRET_KEY_HINT}",
+}
+
+# Values copied from examples. They are accepted only in development.
+_PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "replace-me"}
+
+_POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
+
+
+class Settings(BaseSettings):
+    """Every setting of the API, the worker and the CLI."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    database_url: str = Field(validation_alias="DATABASE_URL")
+    redis_url: str = Field(validation_alias="REDIS_URL")
+    environment: Literal["development", "production"] = Field(
+        default="production", validation_alias="MODCUS_ENV"
+    )
+    secret_key: str = Field(validation_alias="MODCUS_SECRET_KEY", repr=False)
+
+    # Longest question accepted by the API, in characters.
+    max_query_chars: int = Field(default=4000, ge=1, validation_alias="MODCUS_MAX_QUERY_CHARS")
+    # Budget of POST /v1/query/sync, from request to answer.
+    sync_timeout_s: float = Field(default=30.0, gt=0, validation_alias="MODCUS_SYNC_TIMEOUT_S")
+    # Timeout of one HTTP request to an LLM provider.
+    llm_timeout_s: float = Field(default=120.0, gt=0, validation_alias="MODCUS_LLM_TIMEOUT_S")
+    # Cooldown of a rate-limited key when the provider gives no delay.
+    default_cooldown_s: float = Field(
+        default=60.0, gt=0, validation_alias="MODCUS_DEFAULT_COOLDOWN_S"
+    )
+    # Connections kept by each process's asyncpg pool.
+    db_pool_size: int = Field(default=10, ge=1, validation_alias="MODCUS_DB_POOL_SIZE")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError("is not a valid URL") from exc
+        if url.drivername not in _POSTGRES_DRIVERS:
+            raise ValueError(f"uses scheme {url.drivername!r}, but only PostgreSQL is supported")
+        if not url.database:
+            raise ValueError("names no database")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip().lower() in _PLACEHOLDER_SECRETS:
+            if info.data.get("environment") != "development":
+                raise ValueError("is a placeholder, accepted only with MODCUS_ENV=development")
+            return value
+        try:
+            Fernet(value.encode())
+        except ValueError as exc:
+            raise ValueError("is not a Fernet key (32 bytes, URL-safe base64)") from exc
+        return value
+
+    def _database_url_for(self, driver: str) -> URL:
+        return make_url(self.database_url).set(drivername=driver)
+
+    @property
+    def async_database_url(self) -> URL:
+        """The database URL for SQLAlchemy with asyncpg."""
+        return self._database_url_for("postgresql+asyncpg")
+
+    @property
+    def sync_database_url(self) -> URL:
+        """The database URL for SQLAlchemy with psycopg 3."""
+        return self._database_url_for("postgresql+psycopg")
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "configuration"
+        fix = _FIXES.get(name, f"see the settings table in README.md for {name}")
+        if item["type"] == "missing":
+            lines.append(f"{name} is not set: {fix}")
+        else:
+            # The message never includes the input, which may be a secret.
+            reason = str(item["msg"]).removeprefix("Value error, ")
+            lines.append(f"{name} {reason}: {fix}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment, raising ConfigError that names what to fix."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, read on first use."""
+    return load_settings()

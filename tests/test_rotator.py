@@ -1,0 +1,208 @@
+"""The rotator against real PostgreSQL and Redis, and real SDKs talking to the fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from llama_index.core.llms import ChatMessage, MessageRole
+from sqlalchemy import select
+
+from common.crypto import SecretBox
+from common.db import create_sync_db_engine, sync_session_factory
+from common.errors import EventLoopMisuseError, NoUsableKeyError
+from common.fake_provider import FakeProviderServer
+from common.models import KeyStatus, ProviderKey
+from common.rotator import Attempt, KeyRotator, cooldown_redis_key
+from common.runtime import Runtime
+from common.settings import Settings
+from tests.conftest import SessionMaker, store_key
+
+KEY_A = "sk-test-key-a-0123456789abcdef"
+KEY_B = "sk-test-key-b-0123456789abcdef"
+MESSAGES = [ChatMessage(role=MessageRole.USER, content="Question: how did revenue change?")]
+
+
+@pytest.fixture
+def sync_rotator(db: SessionMaker, settings: Settings) -> Iterator[KeyRotator]:
+    engine = create_sync_db_engine(settings)
+    try:
+        yield KeyRotator(
+            settings,
+            SecretBox(settings.secret_key),
+            sync_session_factory=sync_session_factory(engine),
+        )
+    finally:
+        engine.dispose()
+
+
+def _status(db: SessionMaker, label: str) -> ProviderKey:
+    with db() as session:
+        key = session.scalar(select(ProviderKey).where(ProviderKey.label == label))
+        assert key is not None
+        return key
+
+
+async def test_rotator_loads_keys_async(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    store_key(db, settings, label="low", secret=KEY_A, base_url=fake.openai_base_url)
+    store_key(db, settings, label="high", secret=KEY_B, base_url=fake.openai_base_url, priority=5)
+
+    keys = await runtime.rotator.aload_keys()
+
+    assert [key.label for key in keys] == ["high", "low"]
+    assert keys[0].secret == KEY_B
+    assert keys[0].model == "fake-model"
+
+
+def test_rotator_loads_keys_sync(
+    db: SessionMaker, settings: Settings, fake: FakeProviderServer, sync_rotator: KeyRotator
+) -> None:
+    store_key(db, settings, label="low", secret=KEY_A, base_url=fake.openai_base_url)
+    store_key(db, settings, label="high", secret=KEY_B, base_url=fake.openai_base_url, priority=5)
+
+    keys = sync_rotator.load_keys()
+
+    assert [key.label for key in keys] == ["high", "low"]
+    assert keys[1].secret == KEY_A
+
+
+def test_rotator_sync_load_skips_unusable_statuses(
+    db: SessionMaker, settings: Settings, fake: FakeProviderServer, sync_rotator: KeyRotator
+) -> None:
+    store_key(db, settings, label="ok", secret=KEY_A, base_url=fake.openai_base_url)
+    store_key(db, settings, label="bad", secret=KEY_B, base_url=fake.openai_base_url)
+    with db() as session:
+        bad = session.scalar(select(ProviderKey).where(ProviderKey.label == "bad"))
+        assert bad is not None
+        bad.status = KeyStatus.INVALID.value
+        session.commit()
+
+    assert [key.label for key in sync_rotator.load_keys()] == ["ok"]
+
+
+async def test_rotator_sync_load_inside_running_loop_raises(sync_rotator: KeyRotator) -> None:
+    with pytest.raises(EventLoopMisuseError) as caught:
+        sync_rotator.load_keys()
+
+    assert "await KeyRotator.aload_keys() instead" in str(caught.value)
+
+
+async def test_rotator_falls_back_after_rate_limit(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "openai_rate_limit_retry_after_30")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url, priority=1)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+    attempts: list[Attempt] = []
+
+    async def on_attempt(attempt: Attempt) -> None:
+        attempts.append(attempt)
+
+    completion = await runtime.rotator.acomplete(MESSAGES, on_attempt=on_attempt)
+
+    assert completion.key_label == "b"
+    assert fake.provider.request_count(KEY_A) == 1
+    assert [(a.key_label, a.outcome) for a in attempts] == [("a", "rate_limited"), ("b", "succeeded")]
+    ttl_ms = await runtime.redis.pttl(cooldown_redis_key(1))
+    assert 25_000 < ttl_ms <= 30_000
+    stored = _status(db, "a")
+    assert stored.status == "cooling"
+    assert stored.cooldown_until is not None
+    remaining_s = (stored.cooldown_until - datetime.now(UTC)).total_seconds()
+    assert 25 < remaining_s <= 30
+
+
+async def test_rotator_skips_cooling_key_on_next_call(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "openai_rate_limit_retry_after_30")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url, priority=1)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+
+    await runtime.rotator.acomplete(MESSAGES)
+    await runtime.rotator.acomplete(MESSAGES)
+
+    assert fake.provider.request_count(KEY_A) == 1
+    assert fake.provider.request_count(KEY_B) == 2
+
+
+async def test_rotator_marks_rejected_key_invalid(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "openai_invalid_key")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url, priority=1)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+
+    completion = await runtime.rotator.acomplete(MESSAGES)
+
+    assert completion.key_label == "b"
+    stored = _status(db, "a")
+    assert stored.status == "invalid"
+    assert stored.status_reason is not None
+    assert stored.status_reason.startswith("invalid_key: Incorrect API key provided: [redacted]")
+    assert KEY_A[:8] not in stored.status_reason
+    assert KEY_A[-4:] not in stored.status_reason
+
+
+async def test_rotator_without_usable_key_reports_earliest_retry(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "openai_rate_limit_retry_after_30")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url)
+
+    with pytest.raises(NoUsableKeyError) as caught:
+        await runtime.rotator.acomplete(MESSAGES)
+
+    assert caught.value.retry_at is not None
+    wait_s = (caught.value.retry_at - datetime.now(UTC)).total_seconds()
+    assert 25 < wait_s <= 30
+    assert "a (openai-compatible): rate_limited" in str(caught.value)
+
+
+async def test_rotator_without_keys_says_how_to_add(
+    db: SessionMaker, runtime: Runtime
+) -> None:
+    with pytest.raises(NoUsableKeyError, match="add one with 'modcus keys add'") as caught:
+        await runtime.rotator.acomplete(MESSAGES)
+
+    assert caught.value.retry_at is None
+
+
+async def test_rotator_gemini_key_through_google_genai(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "answer")
+    store_key(
+        db,
+        settings,
+        label="gemini",
+        secret=KEY_A,
+        base_url=fake.gemini_base_url,
+        provider="gemini",
+        model="gemini-2.5-flash",
+    )
+
+    completion = await runtime.rotator.acomplete(MESSAGES)
+
+    assert completion.provider == "gemini"
+    assert completion.prompt_tokens > 0
+    assert fake.provider.request_count(KEY_A, path_prefix="/v1beta/models/gemini-2.5-flash") == 1
+
+
+async def test_rotator_concurrent_calls_share_clients(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url)
+
+    completions = await asyncio.gather(*(runtime.rotator.acomplete(MESSAGES) for _ in range(8)))
+
+    assert {completion.key_label for completion in completions} == {"a"}
+    assert fake.provider.request_count(KEY_A) == 8
