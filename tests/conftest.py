@@ -149,7 +149,9 @@ def load_sample_companies(db: SessionMaker) -> None:
     from common.companies import read_document_file, store_documents
 
     with db() as session:
-        store_documents(session, [read_document_file(path) for path in sorted(SAMPLE_DIR.glob("*.md"))])
+        store_documents(
+            session, [read_document_file(path) for path in sorted(SAMPLE_DIR.glob("*.md"))]
+        )
 
 
 @pytest.fixture
@@ -210,9 +212,21 @@ class ChildProcess:
 def start_worker(tmp_path: Path, *, pool: str = "prefork", concurrency: int = 1) -> ChildProcess:
     worker = ChildProcess(
         [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ],
         tmp_path / f"worker-{pool}.log",
     )
@@ -222,7 +236,16 @@ def start_worker(tmp_path: Path, *, pool: str = "prefork", concurrency: int = 1)
 
 def start_api(tmp_path: Path, port: int) -> ChildProcess:
     api = ChildProcess(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         tmp_path / "api.log",
     )
     deadline = time.monotonic() + 60

@@ -107,7 +107,10 @@ async def test_rotator_falls_back_after_rate_limit(
 
     assert completion.key_label == "b"
     assert fake.provider.request_count(KEY_A) == 1
-    assert [(a.key_label, a.outcome) for a in attempts] == [("a", "rate_limited"), ("b", "succeeded")]
+    assert [(a.key_label, a.outcome) for a in attempts] == [
+        ("a", "rate_limited"),
+        ("b", "succeeded"),
+    ]
     ttl_ms = await runtime.redis.pttl(cooldown_redis_key(1))
     assert 25_000 < ttl_ms <= 30_000
     stored = _status(db, "a")
@@ -166,9 +169,7 @@ async def test_rotator_without_usable_key_reports_earliest_retry(
     assert "a (openai-compatible): rate_limited" in str(caught.value)
 
 
-async def test_rotator_without_keys_says_how_to_add(
-    db: SessionMaker, runtime: Runtime
-) -> None:
+async def test_rotator_without_keys_says_how_to_add(db: SessionMaker, runtime: Runtime) -> None:
     with pytest.raises(NoUsableKeyError, match="add one with 'modcus keys add'") as caught:
         await runtime.rotator.acomplete(MESSAGES)
 

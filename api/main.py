@@ -1,0 +1,52 @@
+"""The FastAPI application, served with `uvicorn api.main:app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import health, jobs, queries
+from common.queue import create_celery_app
+from common.runtime import Runtime
+from common.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Resources are created here, on uvicorn's loop, never at import time.
+    settings = get_settings()
+    runtime = await Runtime.start(settings)
+    publisher = create_celery_app(settings)
+    app.state.runtime = runtime
+    app.state.publisher = publisher
+    logger.info("API started")
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(publisher.close)
+        await runtime.aclose()
+        logger.info("API stopped")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Modcus",
+        summary="LLM analysis of listed companies, run as background jobs.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(queries.router)
+    app.include_router(jobs.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,220 @@
+"""The `modcus` command line: database, clients, provider keys, companies and the demo.
+
+Every command is sync and uses psycopg; none starts an event loop.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from common.companies import DocumentFile, read_document_file, store_documents
+from common.crypto import SecretBox, hash_client_key, new_client_key
+from common.db import create_sync_db_engine, sync_session_factory
+from common.errors import InvalidInputError, ModcusError
+from common.keystore import add_key, list_keys_sync
+from common.models import ApiClient, ProviderKey
+from common.settings import get_settings
+
+# Pretty exceptions are off: they print local variables, which may hold secrets.
+app = typer.Typer(
+    help="Modcus: LLM analysis of listed companies as background jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+clients_app = typer.Typer(help="API clients and their keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="LLM provider keys.", no_args_is_help=True)
+companies_app = typer.Typer(help="Companies and their documents.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(clients_app, name="clients")
+app.add_typer(keys_app, name="keys")
+app.add_typer(companies_app, name="companies")
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    engine = create_sync_db_engine(get_settings())
+    try:
+        with sync_session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the schema migrations to the database named by DATABASE_URL."""
+    from common.migrate import upgrade_database
+
+    get_settings()
+    upgrade_database(revision)
+    typer.echo(f"database is at revision {revision}")
+
+
+@clients_app.command("create")
+def clients_create(
+    name: Annotated[str, typer.Argument(help="A unique name for the client.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Allow the admin endpoints.")] = False,
+) -> None:
+    """Create an API client and print its key once, as the last line."""
+    name = name.strip()
+    if not name:
+        raise InvalidInputError("the client name is empty; pass a NAME")
+    client_key = new_client_key()
+    with _session() as session:
+        session.add(ApiClient(name=name, key_hash=hash_client_key(client_key), is_admin=admin))
+        try:
+            session.commit()
+        except IntegrityError:
+            raise InvalidInputError(
+                f"a client named {name!r} already exists; choose another name"
+            ) from None
+    role = "admin client" if admin else "client"
+    typer.echo(
+        f"created {role} {name!r}; its key is shown only now, send it as X-API-Key:", err=True
+    )
+    typer.echo(client_key)
+
+
+def _read_secret() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("secret (not echoed): ")
+    return sys.stdin.readline()
+
+
+@keys_app.command("add")
+def keys_add(
+    provider: Annotated[
+        str, typer.Argument(help="openai, openai-compatible, gemini, anthropic or vertex.")
+    ],
+    label: Annotated[str, typer.Option(help="A unique name for the key.")],
+    base_url: Annotated[
+        str | None, typer.Option(help="API base URL; required for openai-compatible.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model to call; a default per provider.")
+    ] = None,
+    project: Annotated[
+        str | None, typer.Option(help="Cloud project; keys of one project cool down together.")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Keys with a higher priority are used first.")] = 0,
+) -> None:
+    """Store a provider key. The secret is read from standard input, never from arguments."""
+    secret = _read_secret()
+    with _session() as session:
+        key = add_key(
+            session,
+            SecretBox(get_settings().secret_key),
+            provider=provider,
+            label=label,
+            secret=secret,
+            base_url=base_url,
+            model=model,
+            project=project,
+            priority=priority,
+        )
+        typer.echo(f"added key {key.id} {key.label!r} ({key.provider}, {key.secret_hint})")
+
+
+def _key_as_dict(key: ProviderKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "provider": key.provider,
+        "label": key.label,
+        "status": key.status,
+        "secret": key.secret_hint,
+        "model": key.model,
+        "base_url": key.base_url,
+        "project": key.project,
+        "priority": key.priority,
+        "status_reason": key.status_reason,
+        "cooldown_until": key.cooldown_until.isoformat() if key.cooldown_until else None,
+        "requests": key.request_count,
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+    }
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List provider keys with masked secrets."""
+    with _session() as session:
+        keys = [_key_as_dict(key) for key in list_keys_sync(session)]
+    if as_json:
+        typer.echo(json.dumps(keys, indent=2))
+        return
+    if not keys:
+        typer.echo("no keys; add one with: modcus keys add PROVIDER --label NAME < secret.txt")
+        return
+    typer.echo(f"{'ID':>4}  {'PROVIDER':<18} {'LABEL':<24} {'STATUS':<10} SECRET")
+    for key in keys:
+        typer.echo(
+            f"{key['id']:>4}  {key['provider']!s:<18} {key['label']!s:<24} "
+            f"{key['status']!s:<10} {key['secret']}"
+        )
+
+
+def _document_paths(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(item for item in path.glob("*.md") if item.name.lower() != "readme.md")
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InvalidInputError(f"{path} does not exist; pass document files or folders")
+    if not found:
+        raise InvalidInputError("no document files found; pass .md files or folders holding them")
+    return found
+
+
+@companies_app.command("load")
+def companies_load(
+    paths: Annotated[list[Path], typer.Argument(help="Document files, or folders of .md files.")],
+) -> None:
+    """Load company documents: header lines (ticker, company, period, ...), a blank line, text."""
+    documents: list[DocumentFile] = [read_document_file(path) for path in _document_paths(paths)]
+    with _session() as session:
+        store_documents(session, documents)
+    tickers = sorted({document.ticker for document in documents})
+    typer.echo(f"loaded {len(documents)} documents for {', '.join(tickers)}")
+
+
+@app.command("demo")
+def demo(
+    timeout_s: Annotated[float, typer.Option(help="Seconds to wait for the job.")] = 120.0,
+) -> None:
+    """Run the main job end to end on the sample companies, with a local fake provider."""
+    from common.demo import run_demo
+
+    raise typer.Exit(run_demo(timeout_s=timeout_s))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except ModcusError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except OperationalError as exc:
+        typer.echo(
+            f"error: cannot reach the database ({type(exc.orig).__name__}); "
+            "check DATABASE_URL and that PostgreSQL is running",
+            err=True,
+        )
+        raise SystemExit(1) from None
