@@ -18,7 +18,12 @@ import typer
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from common.companies import DocumentFile, read_document_file, store_documents
+from common.companies import (
+    DocumentFile,
+    find_document_files,
+    read_document_file,
+    store_documents,
+)
 from common.crypto import SecretBox, hash_client_key, new_client_key
 from common.db import create_sync_db_engine, sync_session_factory
 from common.errors import InvalidInputError, ModcusError
@@ -166,28 +171,14 @@ def keys_list(
         )
 
 
-def _document_paths(paths: list[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(
-                sorted(item for item in path.glob("*.md") if item.name.lower() != "readme.md")
-            )
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise InvalidInputError(f"{path} does not exist; pass document files or folders")
-    if not found:
-        raise InvalidInputError("no document files found; pass .md files or folders holding them")
-    return found
-
-
 @companies_app.command("load")
 def companies_load(
     paths: Annotated[list[Path], typer.Argument(help="Document files, or folders of .md files.")],
 ) -> None:
     """Load company documents: header lines (ticker, company, period, ...), a blank line, text."""
-    documents: list[DocumentFile] = [read_document_file(path) for path in _document_paths(paths)]
+    documents: list[DocumentFile] = [
+        read_document_file(path) for path in find_document_files(paths)
+    ]
     with _session() as session:
         store_documents(session, documents)
     tickers = sorted({document.ticker for document in documents})

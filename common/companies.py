@@ -87,6 +87,23 @@ def read_document_file(path: Path) -> DocumentFile:
     return parse_document(text, name=str(path))
 
 
+def find_document_files(paths: list[Path]) -> list[Path]:
+    """Expand folders into their .md files, README.md excepted; check that files exist."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(item for item in path.glob("*.md") if item.name.lower() != "readme.md")
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InvalidInputError(f"{path} does not exist; pass document files or folders")
+    if not found:
+        raise InvalidInputError("no document files found; pass .md files or folders holding them")
+    return found
+
+
 def store_documents(session: Session, documents: list[DocumentFile]) -> None:
     """Insert or update companies and their documents in one transaction.
 

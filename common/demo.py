@@ -26,7 +26,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 
-from common.companies import read_document_file, store_documents
+from common.companies import find_document_files, read_document_file, store_documents
 from common.crypto import SecretBox, hash_client_key, new_client_key
 from common.db import create_sync_db_engine, sync_session_factory
 from common.keystore import add_key, remove_key_by_label_sync
@@ -182,7 +182,7 @@ def _prepare_data(env: dict[str, str], fake_base_url: str) -> str:
     engine = create_sync_db_engine(settings)
     try:
         with sync_session_factory(engine)() as session:
-            documents = [read_document_file(path) for path in sorted(SAMPLE_DIR.glob("*.md"))]
+            documents = [read_document_file(path) for path in find_document_files([SAMPLE_DIR])]
             store_documents(session, documents)
             sample_dir = SAMPLE_DIR.relative_to(PROJECT_DIR)
             _say(f"loaded {len(documents)} sample documents from {sample_dir}")

@@ -146,12 +146,11 @@ def store_key(
 
 
 def load_sample_companies(db: SessionMaker) -> None:
-    from common.companies import read_document_file, store_documents
+    from common.companies import find_document_files, read_document_file, store_documents
 
+    documents = [read_document_file(path) for path in find_document_files([SAMPLE_DIR])]
     with db() as session:
-        store_documents(
-            session, [read_document_file(path) for path in sorted(SAMPLE_DIR.glob("*.md"))]
-        )
+        store_documents(session, documents)
 
 
 @pytest.fixture

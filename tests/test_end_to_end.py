@@ -44,7 +44,9 @@ def _free_port() -> int:
 @pytest.fixture
 def client_key(db: SessionMaker, settings: Settings, fake: FakeProviderServer) -> str:
     fake.provider.set_behaviour(PROVIDER_KEY, "answer")
-    store_provider_key(db, settings, label="fake", secret=PROVIDER_KEY, base_url=fake.openai_base_url)
+    store_provider_key(
+        db, settings, label="fake", secret=PROVIDER_KEY, base_url=fake.openai_base_url
+    )
     load_sample_companies(db)
     return create_client(db)
 
@@ -60,7 +62,9 @@ def api_url(db: SessionMaker, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(params=["prefork", "threads"])
-def worker(request: pytest.FixtureRequest, db: SessionMaker, tmp_path: Path) -> Iterator[ChildProcess]:
+def worker(
+    request: pytest.FixtureRequest, db: SessionMaker, tmp_path: Path
+) -> Iterator[ChildProcess]:
     process = start_worker(tmp_path, pool=request.param, concurrency=2)
     try:
         yield process
