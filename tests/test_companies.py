@@ -37,5 +37,7 @@ def test_parse_document_missing_field_named() -> None:
 
 
 def test_parse_document_unknown_header_line() -> None:
-    with pytest.raises(InvalidInputError, match=r"goto\.md, line 2: 'sector: tech' is not a header"):
+    with pytest.raises(
+        InvalidInputError, match=r"goto\.md, line 2: 'sector: tech' is not a header"
+    ):
         parse_document("ticker: GOTO\nsector: tech\n\nText.", name="goto.md")
