@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,6 +95,30 @@ async def finish_job(
     return finished.first() is not None
 
 
+async def defer_job(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    next_attempt_at: datetime,
+    error_code: str,
+    error_message: str,
+) -> bool:
+    """Move a running job to retrying until `next_attempt_at`; False if it was not running."""
+    deferred = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .values(
+            status=JobStatus.RETRYING.value,
+            next_attempt_at=next_attempt_at,
+            error_code=error_code,
+            error_message=error_message,
+        )
+        .returning(Job.id)
+    )
+    await session.commit()
+    return deferred.first() is not None
+
+
 async def record_attempt(session: AsyncSession, job_id: uuid.UUID, attempt: Attempt) -> None:
     """Append an attempt to the job, numbered after the ones already stored."""
     next_number = (
@@ -126,8 +151,20 @@ def request_of(job: Job) -> AnalysisRequest:
     )
 
 
-async def execute_job(runtime: Runtime, job_id: uuid.UUID) -> JobStatus | None:
-    """Run one job to its end state; return that state, or None if the job was not startable."""
+@dataclass(frozen=True)
+class JobRun:
+    """How one run of a job ended: a terminal state, or retrying at `retry_at`."""
+
+    status: JobStatus
+    retry_at: datetime | None = None
+
+
+async def execute_job(runtime: Runtime, job_id: uuid.UUID) -> JobRun | None:
+    """Run a job once; return how the run ended, or None if the job was not startable.
+
+    When no key can serve now but one frees up later, the job becomes retrying and
+    the caller schedules it again at `retry_at`, up to MODCUS_JOB_MAX_ATTEMPTS runs.
+    """
     async with runtime.session_factory() as session:
         job = await claim_job(session, job_id)
     if job is None:
@@ -153,8 +190,24 @@ async def execute_job(runtime: Runtime, job_id: uuid.UUID) -> JobStatus | None:
     except CompanyNotFoundError as exc:
         status, error_code, error_message = JobStatus.FAILED, "company_not_found", str(exc)
     except NoUsableKeyError as exc:
-        # NOTE: the job fails at once; waiting for the earliest cooldown is not built yet.
-        status, error_code, error_message = JobStatus.FAILED, "no_usable_key", str(exc)
+        max_attempts = runtime.settings.job_max_attempts
+        if exc.retry_at is not None and job.deliveries < max_attempts:
+            async with runtime.session_factory() as session:
+                deferred = await defer_job(
+                    session,
+                    job_id,
+                    next_attempt_at=exc.retry_at,
+                    error_code="waiting_for_key",
+                    error_message=str(exc),
+                )
+            if deferred:
+                logger.info("job %s waits for a key until %s", job_id, exc.retry_at.isoformat())
+                return JobRun(JobStatus.RETRYING, exc.retry_at)
+            return None
+        status, error_code = JobStatus.FAILED, "no_usable_key"
+        error_message = str(exc)
+        if exc.retry_at is not None:
+            error_message = f"gave up after {job.deliveries} attempts: {error_message}"
     except ProviderError as exc:
         status, error_code, error_message = JobStatus.FAILED, exc.code, str(exc)
     except Exception:
@@ -194,4 +247,4 @@ async def execute_job(runtime: Runtime, job_id: uuid.UUID) -> JobStatus | None:
         logger.info("job %s succeeded", job_id)
     else:
         logger.warning("job %s failed: %s", job_id, error_code)
-    return status
+    return JobRun(status)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, Update, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -124,6 +126,31 @@ def load_selectable_keys_sync(session: Session, box: SecretBox) -> list[KeyRecor
     return _to_records(rows, box)
 
 
+async def describe_unusable_keys(
+    session: AsyncSession, *, exclude_ids: Collection[int] = ()
+) -> list[str]:
+    """Describe every key the rotator cannot select, with its status and reason."""
+    rows = (
+        await session.execute(
+            select(
+                ProviderKey.label,
+                ProviderKey.provider,
+                ProviderKey.status,
+                ProviderKey.status_reason,
+            )
+            .where(
+                ProviderKey.status.not_in(_SELECTABLE_STATUSES),
+                ProviderKey.id.not_in(exclude_ids),
+            )
+            .order_by(ProviderKey.id)
+        )
+    ).all()
+    return [
+        f"{label} ({provider}) is {status}" + (f" ({reason})" if reason else "")
+        for label, provider, status, reason in rows
+    ]
+
+
 def add_key(
     session: Session,
     box: SecretBox,
@@ -208,6 +235,32 @@ async def set_key_status(
     )
 
 
+async def set_project_status(
+    session: AsyncSession,
+    provider: str,
+    project: str,
+    status: KeyStatus,
+    *,
+    reason: str,
+    cooldown_until: datetime | None = None,
+) -> None:
+    """Store a status change on every usable key of one provider project."""
+    await session.execute(
+        update(ProviderKey)
+        .where(
+            ProviderKey.provider == provider,
+            ProviderKey.project == project,
+            ProviderKey.status.in_(_SELECTABLE_STATUSES),
+        )
+        .values(
+            status=status.value,
+            status_reason=reason,
+            status_changed_at=func.now(),
+            cooldown_until=cooldown_until,
+        )
+    )
+
+
 async def record_key_success(
     session: AsyncSession, key_id: int, *, prompt_tokens: int, completion_tokens: int
 ) -> None:
@@ -244,4 +297,167 @@ async def record_key_failure(session: AsyncSession, key_id: int, *, error: str) 
             last_used_at=func.now(),
             last_error=error,
         )
+    )
+
+
+def check_key_label(label: str) -> str:
+    """Return `label` without surrounding whitespace; raise InvalidInputError if it is empty."""
+    label = label.strip()
+    if not label:
+        raise InvalidInputError("the key label is empty; give the key a unique, non-empty label")
+    return label
+
+
+def check_key_secret(secret: str) -> str:
+    """Return `secret` without surrounding whitespace; raise InvalidInputError if it is empty.
+
+    The message never contains the secret.
+    """
+    secret = secret.strip()
+    if not secret:
+        raise InvalidInputError("the secret is empty; send the API key that the provider issued")
+    return secret
+
+
+def check_key_base_url(provider: Provider, base_url: str | None) -> str | None:
+    """Return `base_url`; raise InvalidInputError if `provider` needs one, or it is not http(s)."""
+    if provider is Provider.OPENAI_COMPATIBLE and not base_url:
+        raise InvalidInputError(
+            "an openai-compatible key needs the base URL of its server; "
+            "set one such as http://HOST:PORT/v1"
+        )
+    _check_base_url(provider, base_url)
+    return base_url
+
+
+async def add_key_async(
+    session: AsyncSession,
+    box: SecretBox,
+    *,
+    provider: str,
+    label: str,
+    secret: str,
+    base_url: str | None = None,
+    model: str | None = None,
+    project: str | None = None,
+    priority: int = 0,
+) -> ProviderKey | None:
+    """Insert a provider key with its secret encrypted; return None if the label is taken.
+
+    Raises InvalidInputError when a value is invalid. The caller commits.
+    """
+    parsed = parse_provider(provider)
+    label = check_key_label(label)
+    secret = check_key_secret(secret)
+    base_url = check_key_base_url(parsed, base_url)
+
+    # ON CONFLICT leaves the transaction usable, unlike catching the IntegrityError.
+    statement = (
+        pg_insert(ProviderKey)
+        .values(
+            provider=parsed.value,
+            label=label,
+            secret_encrypted=box.encrypt(secret),
+            secret_hint=mask_secret(secret),
+            base_url=base_url,
+            model=model,
+            project=project,
+            priority=priority,
+            status=KeyStatus.ACTIVE.value,
+        )
+        .on_conflict_do_nothing(index_elements=[ProviderKey.label])
+        .returning(ProviderKey)
+    )
+    return await session.scalar(statement)
+
+
+def _key_query(key_id: int) -> Select[ProviderKey]:
+    # populate_existing replaces values that an earlier UPDATE in this session made stale.
+    return (
+        select(ProviderKey)
+        .where(ProviderKey.id == key_id)
+        .execution_options(populate_existing=True)
+    )
+
+
+def _status_change(status: KeyStatus, reason: str) -> dict[str, Any]:
+    """Column values of a status change: the status, its reason and the transaction's time."""
+    return {"status": status.value, "status_reason": reason, "status_changed_at": func.now()}
+
+
+def _enabled_update(key_id: int, *, enabled: bool) -> Update:
+    """Build the UPDATE that enables or disables a key; a key already in that state is left as is.
+
+    Enabling makes a disabled, invalid, exhausted or cooling key active and clears its
+    cooldown. The caller also deletes the key's cooldown in Redis.
+    """
+    if enabled:
+        return (
+            update(ProviderKey)
+            .where(ProviderKey.id == key_id, ProviderKey.status != KeyStatus.ACTIVE.value)
+            .values(
+                **_status_change(KeyStatus.ACTIVE, "enabled by an operator"),
+                cooldown_until=None,
+            )
+        )
+    return (
+        update(ProviderKey)
+        .where(ProviderKey.id == key_id, ProviderKey.status != KeyStatus.DISABLED.value)
+        .values(**_status_change(KeyStatus.DISABLED, "disabled by an operator"))
+    )
+
+
+async def list_keys(session: AsyncSession) -> list[ProviderKey]:
+    """Load every provider key, oldest first, through the async driver."""
+    rows = await session.scalars(
+        select(ProviderKey).order_by(ProviderKey.id).execution_options(populate_existing=True)
+    )
+    return list(rows.all())
+
+
+async def get_key(session: AsyncSession, key_id: int) -> ProviderKey | None:
+    return await session.scalar(_key_query(key_id))
+
+
+async def set_key_enabled(
+    session: AsyncSession, key_id: int, *, enabled: bool
+) -> ProviderKey | None:
+    """Enable or disable a key, storing the reason and time; None if no key has the id.
+
+    The caller commits, and on enabling deletes the key's cooldown in Redis.
+    """
+    await session.execute(_enabled_update(key_id, enabled=enabled))
+    return await get_key(session, key_id)
+
+
+async def set_key_priority(
+    session: AsyncSession, key_id: int, *, priority: int
+) -> ProviderKey | None:
+    """Change a key's priority; None if no key has the id. The caller commits."""
+    await session.execute(
+        update(ProviderKey).where(ProviderKey.id == key_id).values(priority=priority)
+    )
+    return await get_key(session, key_id)
+
+
+async def delete_key(session: AsyncSession, key_id: int) -> ProviderKey | None:
+    """Delete a key and return it; None if no key has the id. The caller commits.
+
+    Job attempts made with the key keep its label; their key_id becomes NULL.
+    """
+    return await session.scalar(
+        delete(ProviderKey).where(ProviderKey.id == key_id).returning(ProviderKey)
+    )
+
+
+def set_key_enabled_sync(session: Session, key_id: int, *, enabled: bool) -> ProviderKey | None:
+    """Enable or disable a key through psycopg; see set_key_enabled. The caller commits."""
+    session.execute(_enabled_update(key_id, enabled=enabled))
+    return session.scalar(_key_query(key_id))
+
+
+def delete_key_sync(session: Session, key_id: int) -> ProviderKey | None:
+    """Delete a key through psycopg and return it; None if no key has the id. The caller commits."""
+    return session.scalar(
+        delete(ProviderKey).where(ProviderKey.id == key_id).returning(ProviderKey)
     )

@@ -6,6 +6,7 @@ loop, and with no network call, so building one per key is cheap.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -19,6 +20,12 @@ from common.models import Provider
 # over the network (llama-index-llms-google-genai 0.11 calls models.get otherwise).
 _GEMINI_MAX_OUTPUT_TOKENS = 8192
 _GEMINI_CONTEXT_WINDOW_TOKENS = 1_048_576
+
+# Vertex AI serves Gemini from this location unless the key's base URL names another.
+_VERTEX_DEFAULT_LOCATION = "global"
+_VERTEX_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+_ANTHROPIC_MAX_OUTPUT_TOKENS = 4096
 
 # OpenAILike needs a context window for models it does not know.
 _OPENAI_COMPATIBLE_CONTEXT_WINDOW_TOKENS = 32_768
@@ -76,8 +83,74 @@ def build_llm(key: KeyRecord, *, http_client: httpx.AsyncClient, timeout_s: floa
             http_options=http_options,  # type: ignore[arg-type]
         )
 
-    # NOTE: anthropic and vertex keys can be stored, but no client is built for them yet.
-    raise InvalidInputError(
-        f"provider {key.provider.value!r} of key {key.label!r} has no client yet; "
-        "disable the key or use openai, openai-compatible or gemini"
+    if key.provider is Provider.VERTEX:
+        return _build_vertex(key, http_client=http_client, timeout_s=timeout_s)
+
+    if key.provider is Provider.ANTHROPIC:
+        return _build_anthropic(key, timeout_s=timeout_s)
+
+    raise InvalidInputError(f"provider {key.provider.value!r} of key {key.label!r} is unknown")
+
+
+def _build_vertex(key: KeyRecord, *, http_client: httpx.AsyncClient, timeout_s: float) -> LLM:
+    """Build a Gemini client on Vertex AI from a service account's JSON key."""
+    from google.oauth2 import service_account
+    from llama_index.llms.google_genai import GoogleGenAI
+
+    try:
+        info = json.loads(key.secret)
+        credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=[_VERTEX_SCOPE]
+        )
+    except (ValueError, TypeError, KeyError):
+        raise InvalidInputError(
+            f"the secret of vertex key {key.label!r} is not a service account JSON key; "
+            "add the key again with the JSON file Google Cloud issued"
+        ) from None
+    project = key.project or info.get("project_id")
+    if not project:
+        raise InvalidInputError(
+            f"vertex key {key.label!r} names no project; add it again with --project"
+        )
+
+    http_options: dict[str, Any] = {
+        "httpx_async_client": http_client,
+        "timeout": int(timeout_s * 1000),
+    }
+    if key.base_url:
+        http_options["base_url"] = key.base_url
+    return GoogleGenAI(
+        model=key.model,
+        vertexai_config={
+            "project": project,
+            "location": _VERTEX_DEFAULT_LOCATION,
+            "credentials": credentials,
+        },
+        max_retries=0,
+        max_tokens=_GEMINI_MAX_OUTPUT_TOKENS,
+        context_window=_GEMINI_CONTEXT_WINDOW_TOKENS,
+        http_options=http_options,  # type: ignore[arg-type]
     )
+
+
+def _build_anthropic(key: KeyRecord, *, timeout_s: float) -> LLM:
+    try:
+        from llama_index.llms.anthropic import Anthropic
+    except ImportError:
+        raise InvalidInputError(
+            f"key {key.label!r} is an anthropic key, but the anthropic extra is not installed; "
+            "install it with: pip install 'modcus[anthropic]'"
+        ) from None
+
+    kwargs: dict[str, Any] = {"base_url": key.base_url} if key.base_url else {}
+    # llama-index's Anthropic class defaults to max_retries=10; the rotator retries instead.
+    # It builds its own AsyncAnthropic client, which KeyRotator.aclose() closes.
+    llm: LLM = Anthropic(
+        model=key.model,
+        api_key=key.secret,
+        max_retries=0,
+        timeout=timeout_s,
+        max_tokens=_ANTHROPIC_MAX_OUTPUT_TOKENS,
+        **kwargs,
+    )
+    return llm

@@ -25,11 +25,13 @@ from common.crypto import SecretBox, redact
 from common.errors import EventLoopMisuseError, InvalidInputError, NoUsableKeyError, ProviderError
 from common.keystore import (
     KeyRecord,
+    describe_unusable_keys,
     load_selectable_keys,
     load_selectable_keys_sync,
     record_key_failure,
     record_key_success,
     set_key_status,
+    set_project_status,
 )
 from common.models import KeyStatus
 from common.provider_errors import Failure, FailureKind, classify_failure
@@ -50,6 +52,14 @@ _LASTING_STATUS = {
     FailureKind.INVALID_KEY: KeyStatus.INVALID,
     FailureKind.PERMISSION_DENIED: KeyStatus.DISABLED,
 }
+
+
+# Failures that hit a provider project's shared quota rather than one key.
+_PROJECT_WIDE = (FailureKind.RATE_LIMITED, FailureKind.QUOTA_EXHAUSTED)
+
+
+def _cooling_reason(key: KeyRecord, until: datetime) -> str:
+    return f"{key.label} ({key.provider.value}) is rate-limited until {until:%H:%M:%S} UTC"
 
 
 @dataclass(frozen=True)
@@ -90,16 +100,28 @@ def project_cooldown_redis_key(provider: str, project: str) -> str:
     return f"{_COOLDOWN_PREFIX}project:{provider}:{project}"
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if hasattr(value, "model_dump"):
+        dumped: dict[str, Any] = value.model_dump()
+        return dumped
+    return {}
+
+
 def _usage_from_raw(raw: Any) -> tuple[int, int]:
-    """Read prompt and completion token counts from an SDK response; zeros if absent."""
-    if raw is None:
-        return 0, 0
-    if not isinstance(raw, dict):
-        raw = raw.model_dump() if hasattr(raw, "model_dump") else {}
-    usage = raw.get("usage") or {}
+    """Read prompt and completion token counts from an SDK response; zeros if absent.
+
+    OpenAI reports prompt_tokens and completion_tokens, Anthropic input_tokens and
+    output_tokens, and google-genai usage_metadata with token counts.
+    """
+    raw = _as_dict(raw)
+    usage = _as_dict(raw.get("usage"))
     if usage:
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    metadata = raw.get("usage_metadata") or {}
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        return int(prompt or 0), int(completion or 0)
+    metadata = _as_dict(raw.get("usage_metadata"))
     return (
         int(metadata.get("prompt_token_count") or 0),
         int(metadata.get("candidates_token_count") or 0),
@@ -147,10 +169,13 @@ class KeyRotator:
 
     async def aload_keys(self) -> list[KeyRecord]:
         """Load the keys that may be selected, best first, through asyncpg."""
+        async with self._sessions()() as session:
+            return await load_selectable_keys(session, self._box)
+
+    def _sessions(self) -> async_sessionmaker[AsyncSession]:
         if self._session_factory is None:
             raise RuntimeError("this rotator has no async session factory; pass session_factory")
-        async with self._session_factory() as session:
-            return await load_selectable_keys(session, self._box)
+        return self._session_factory
 
     def load_keys(self) -> list[KeyRecord]:
         """Load the keys that may be selected, best first, through psycopg."""
@@ -170,19 +195,31 @@ class KeyRotator:
         Raises NoUsableKeyError when every key is cooling, spent or rejected, and
         ProviderError when the request itself is bad.
         """
-        keys = await self.aload_keys()
+        keys = self._in_provider_order(await self.aload_keys())
         now = datetime.now(UTC)
         cooling_until = await self._cooling_until(keys, now)
         candidates = [key for key in keys if key.id not in cooling_until]
         all_secrets = [key.secret for key in keys]
         reasons = [
-            f"{key.label} ({key.provider.value}) is rate-limited until {until:%H:%M:%S} UTC"
+            _cooling_reason(key, until)
             for key in keys
             if (until := cooling_until.get(key.id)) is not None
         ]
+        described = set(cooling_until)
+        # Projects whose shared quota ran out during this call, with their cooldown end.
+        blocked_projects: dict[tuple[str, str], datetime | None] = {}
 
         transient_failures = 0
         for key in candidates:
+            project = (key.provider.value, key.project) if key.project else None
+            if project is not None and project in blocked_projects:
+                until = blocked_projects[project]
+                if until is not None:
+                    cooling_until[key.id] = until
+                    reasons.append(_cooling_reason(key, until))
+                    described.add(key.id)
+                continue
+
             started_at = datetime.now(UTC)
             try:
                 llm = self._llm_for(key)
@@ -208,6 +245,9 @@ class KeyRotator:
                     on_attempt, key, started_at, outcome=failure.kind.value, error=failure.message
                 )
                 reasons.append(f"{key.label} ({key.provider.value}): {failure.kind.value}")
+                described.add(key.id)
+                if project is not None and failure.kind in _PROJECT_WIDE:
+                    blocked_projects[project] = until
                 if failure.kind is FailureKind.REQUEST_ERROR:
                     raise ProviderError(
                         f"{key.provider.value} rejected the request: {failure.message}",
@@ -239,11 +279,30 @@ class KeyRotator:
             )
 
         retry_at = min(cooling_until.values(), default=None)
-        if not keys:
-            message = "no provider key is active; add one with 'modcus keys add'"
+        async with self._sessions()() as session:
+            reasons += await describe_unusable_keys(session, exclude_ids=described)
+        if not reasons:
+            message = "no provider key is stored; add one with 'modcus keys add'"
         else:
             message = "no provider key could serve the request: " + "; ".join(reasons)
         raise NoUsableKeyError(message, retry_at=retry_at)
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients that provider classes created themselves.
+
+        llama-index's Anthropic class builds its own AsyncAnthropic client instead of
+        taking the shared httpx client, so it is closed here, on the rotator's loop.
+        """
+        for llm in self._llms.values():
+            own_client = getattr(llm, "_aclient", None)
+            if own_client is not None and own_client.__class__.__module__.startswith("anthropic"):
+                await own_client.close()
+        self._llms.clear()
+
+    def _in_provider_order(self, keys: list[KeyRecord]) -> list[KeyRecord]:
+        """Order keys by MODCUS_PROVIDER_ORDER, keeping the database order within a provider."""
+        rank = self._settings.provider_rank
+        return sorted(keys, key=lambda key: rank.get(key.provider.value, len(rank)))
 
     def _llm_for(self, key: KeyRecord) -> LLM:
         if self._http_client is None:
@@ -287,20 +346,20 @@ class KeyRotator:
 
     async def _apply_failure(self, key: KeyRecord, failure: Failure) -> datetime | None:
         """Store what a failure means for `key`; return its cooldown end if it cools."""
-        assert self._session_factory is not None
         now = datetime.now(UTC)
         until = None
         if failure.kind is FailureKind.RATE_LIMITED:
             delay_s = failure.retry_after_s
             if delay_s is None:
                 delay_s = self._settings.default_cooldown_s
+            delay_s = min(delay_s, self._settings.max_cooldown_s)
             until = now + timedelta(seconds=max(delay_s, 0.001))
             await self._set_cooldown(key, until)
             logger.warning(
                 "key %s (%s) is rate-limited; cooling down for %.1f s", key.id, key.label, delay_s
             )
 
-        async with self._session_factory() as session:
+        async with self._sessions()() as session:
             if until is not None:
                 await set_key_status(
                     session,
@@ -311,8 +370,19 @@ class KeyRotator:
                 )
             elif failure.kind in _LASTING_STATUS:
                 status = _LASTING_STATUS[failure.kind]
+                reason = f"{failure.kind.value}: {failure.message}"
+                # A Gemini quota belongs to the project, so its other keys are spent too.
+                if failure.kind is FailureKind.QUOTA_EXHAUSTED and key.project:
+                    await set_project_status(
+                        session,
+                        key.provider.value,
+                        key.project,
+                        status,
+                        reason=reason,
+                        cooldown_until=failure.resets_at,
+                    )
                 await set_key_status(
-                    session, key.id, status, reason=f"{failure.kind.value}: {failure.message}"
+                    session, key.id, status, reason=reason, cooldown_until=failure.resets_at
                 )
                 logger.warning("key %s (%s) is now %s", key.id, key.label, status.value)
             await record_key_failure(
@@ -336,8 +406,7 @@ class KeyRotator:
     async def _record_success(
         self, key: KeyRecord, prompt_tokens: int, completion_tokens: int
     ) -> None:
-        assert self._session_factory is not None
-        async with self._session_factory() as session:
+        async with self._sessions()() as session:
             await record_key_success(
                 session, key.id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
             )

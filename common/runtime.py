@@ -72,6 +72,7 @@ class Runtime:
         """Close every resource. Must run on the loop that created them."""
         if asyncio.get_running_loop() is not self.loop:
             raise RuntimeError("Runtime.aclose() must run on the event loop that created it")
+        await self.rotator.aclose()
         await self.http_client.aclose()
         await self.redis.aclose()
         await self.engine.dispose()

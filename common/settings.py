@@ -28,6 +28,9 @@ _FIXES = {
 # Values copied from examples. They are accepted only in development.
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "replace-me"}
 
+# The values of common.models.Provider; settings import nothing else from common.
+_PROVIDERS = ("openai", "openai-compatible", "gemini", "vertex", "anthropic")
+
 _POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"}
 
 
@@ -42,6 +45,8 @@ class Settings(BaseSettings):
         default="production", validation_alias="MODCUS_ENV"
     )
     secret_key: str = Field(validation_alias="MODCUS_SECRET_KEY", repr=False)
+    # Previous master keys, comma-separated. They only decrypt, for rotate-master-key.
+    old_secret_keys: str = Field(default="", validation_alias="MODCUS_OLD_SECRET_KEYS", repr=False)
 
     # Longest question accepted by the API, in characters.
     max_query_chars: int = Field(default=4000, ge=1, validation_alias="MODCUS_MAX_QUERY_CHARS")
@@ -53,6 +58,15 @@ class Settings(BaseSettings):
     default_cooldown_s: float = Field(
         default=60.0, gt=0, validation_alias="MODCUS_DEFAULT_COOLDOWN_S"
     )
+    # Longest cooldown applied to a rate-limited key, whatever the provider asks for.
+    max_cooldown_s: float = Field(default=3600.0, gt=0, validation_alias="MODCUS_MAX_COOLDOWN_S")
+    # Providers in the order the rotator tries them; providers not listed come last.
+    provider_order: str = Field(
+        default="openai,openai-compatible,gemini,vertex,anthropic",
+        validation_alias="MODCUS_PROVIDER_ORDER",
+    )
+    # Times a job may wait for a key to free up before it fails.
+    job_max_attempts: int = Field(default=5, ge=1, validation_alias="MODCUS_JOB_MAX_ATTEMPTS")
     # Connections kept by each process's asyncpg pool.
     db_pool_size: int = Field(default=10, ge=1, validation_alias="MODCUS_DB_POOL_SIZE")
 
@@ -68,6 +82,17 @@ class Settings(BaseSettings):
         if not url.database:
             raise ValueError("names no database")
         return value
+
+    @field_validator("provider_order")
+    @classmethod
+    def _check_provider_order(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in _PROVIDERS]
+        if unknown:
+            raise ValueError(
+                f"names unknown providers {', '.join(unknown)}; use: {', '.join(_PROVIDERS)}"
+            )
+        return ",".join(names)
 
     @field_validator("redis_url")
     @classmethod
@@ -89,8 +114,35 @@ class Settings(BaseSettings):
             raise ValueError("is not a Fernet key (32 bytes, URL-safe base64)") from exc
         return value
 
+    @field_validator("old_secret_keys")
+    @classmethod
+    def _check_old_secret_keys(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",")]
+        for position, item in enumerate(items, start=1):
+            if not item:
+                continue
+            try:
+                Fernet(item.encode())
+            except ValueError as exc:
+                # The message gives the position only, because the item is a secret.
+                raise ValueError(
+                    f"item {position} is not a Fernet key (32 bytes, URL-safe base64); "
+                    "list previous values of MODCUS_SECRET_KEY, separated by commas"
+                ) from exc
+        return value
+
     def _database_url_for(self, driver: str) -> URL:
         return make_url(self.database_url).set(drivername=driver)
+
+    @property
+    def provider_rank(self) -> dict[str, int]:
+        """Position of each provider in MODCUS_PROVIDER_ORDER; lower is tried first."""
+        return {name: rank for rank, name in enumerate(self.provider_order.split(","))}
+
+    @property
+    def old_secret_key_list(self) -> list[str]:
+        """The keys in MODCUS_OLD_SECRET_KEYS, in the order given, without blank items."""
+        return [item.strip() for item in self.old_secret_keys.split(",") if item.strip()]
 
     @property
     def async_database_url(self) -> URL:

@@ -207,3 +207,231 @@ async def test_rotator_concurrent_calls_share_clients(
 
     assert {completion.key_label for completion in completions} == {"a"}
     assert fake.provider.request_count(KEY_A) == 8
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("openai_insufficient_quota", "exhausted"),
+        ("openai_invalid_key", "invalid"),
+        ("openai_account_deactivated", "invalid"),
+        ("openai_region", "disabled"),
+        ("openai_rate_limit_no_headers", "cooling"),
+        ("openai_server_error", "active"),
+    ],
+)
+async def test_rotator_failure_sets_status(
+    db: SessionMaker,
+    settings: Settings,
+    runtime: Runtime,
+    fake: FakeProviderServer,
+    case: str,
+    status: str,
+) -> None:
+    fake.provider.set_behaviour(KEY_A, case)
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url, priority=1)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+
+    completion = await runtime.rotator.acomplete(MESSAGES)
+
+    assert completion.key_label == "b"
+    stored = _status(db, "a")
+    assert stored.status == status
+    assert stored.request_count == 1
+    assert stored.last_error is not None
+
+
+async def test_rotator_default_cooldown_without_hints(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "openai_rate_limit_no_headers")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url)
+
+    with pytest.raises(NoUsableKeyError):
+        await runtime.rotator.acomplete(MESSAGES)
+
+    ttl_ms = await runtime.redis.pttl(cooldown_redis_key(1))
+    assert settings.default_cooldown_s * 1000 - 5000 < ttl_ms <= settings.default_cooldown_s * 1000
+
+
+async def test_rotator_caps_cooldown(
+    db: SessionMaker,
+    settings: Settings,
+    runtime: Runtime,
+    fake: FakeProviderServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(settings, "max_cooldown_s", 5.0)
+    fake.provider.set_behaviour(KEY_A, "openai_rate_limit_retry_after_30")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url)
+
+    with pytest.raises(NoUsableKeyError):
+        await runtime.rotator.acomplete(MESSAGES)
+
+    assert 4000 < await runtime.redis.pttl(cooldown_redis_key(1)) <= 5000
+
+
+async def test_rotator_gemini_project_cools_together(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "gemini_rate_limit_minute")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    for label, secret, priority in (("a", KEY_A, 1), ("b", KEY_B, 0)):
+        store_key(
+            db,
+            settings,
+            label=label,
+            secret=secret,
+            base_url=fake.gemini_base_url,
+            provider="gemini",
+            model="gemini-2.5-flash",
+            priority=priority,
+            project="shared-project",
+        )
+
+    with pytest.raises(NoUsableKeyError) as caught:
+        await runtime.rotator.acomplete(MESSAGES)
+
+    assert fake.provider.request_count(KEY_B) == 0
+    assert "b (gemini) is rate-limited until" in str(caught.value)
+    assert caught.value.retry_at is not None
+
+
+async def test_rotator_gemini_daily_quota_exhausts_project(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "gemini_daily_quota")
+    for label, secret in (("a", KEY_A), ("b", KEY_B)):
+        store_key(
+            db,
+            settings,
+            label=label,
+            secret=secret,
+            base_url=fake.gemini_base_url,
+            provider="gemini",
+            model="gemini-2.5-flash",
+            project="shared-project",
+        )
+
+    with pytest.raises(NoUsableKeyError) as caught:
+        await runtime.rotator.acomplete(MESSAGES)
+
+    assert caught.value.retry_at is None
+    assert _status(db, "a").status == "exhausted"
+    assert _status(db, "b").status == "exhausted"
+    assert fake.provider.request_count(KEY_B) == 0
+    assert "b (gemini) is exhausted" in str(caught.value)
+
+
+async def test_rotator_follows_provider_order(
+    db: SessionMaker,
+    settings: Settings,
+    runtime: Runtime,
+    fake: FakeProviderServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(settings, "provider_order", "gemini,openai-compatible")
+    fake.provider.set_behaviour(KEY_A, "answer")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(
+        db, settings, label="compatible", secret=KEY_A, base_url=fake.openai_base_url, priority=9
+    )
+    store_key(
+        db,
+        settings,
+        label="gemini",
+        secret=KEY_B,
+        base_url=fake.gemini_base_url,
+        provider="gemini",
+        model="gemini-2.5-flash",
+    )
+
+    completion = await runtime.rotator.acomplete(MESSAGES)
+
+    assert completion.key_label == "gemini"
+
+
+async def test_rotator_spreads_load_least_recently_used(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "answer")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+
+    labels = [(await runtime.rotator.acomplete(MESSAGES)).key_label for _ in range(4)]
+
+    assert labels == ["a", "b", "a", "b"]
+
+
+async def test_rotator_transient_failure_moves_on(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "openai_overloaded")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url, priority=1)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+
+    completion = await runtime.rotator.acomplete(MESSAGES)
+
+    assert completion.key_label == "b"
+    assert fake.provider.request_count(KEY_A) == 1
+    assert _status(db, "a").status == "active"
+
+
+async def test_rotator_request_error_stops(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    from common.errors import ProviderError
+
+    fake.provider.set_behaviour(KEY_A, "openai_request_too_large")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url, priority=1)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+
+    with pytest.raises(ProviderError, match="Request too large"):
+        await runtime.rotator.acomplete(MESSAGES)
+
+    assert fake.provider.request_count(KEY_B) == 0
+    assert _status(db, "a").status == "active"
+
+
+async def test_rotator_anthropic_key(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "anthropic_credit_too_low")
+    fake.provider.set_behaviour(KEY_B, "answer")
+    for label, secret, priority in (("a", KEY_A, 1), ("b", KEY_B, 0)):
+        store_key(
+            db,
+            settings,
+            label=label,
+            secret=secret,
+            base_url=fake.anthropic_base_url,
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+            priority=priority,
+        )
+
+    completion = await runtime.rotator.acomplete(MESSAGES)
+
+    assert completion.key_label == "b"
+    assert completion.completion_tokens > 0
+    assert _status(db, "a").status == "exhausted"
+
+
+async def test_rotator_records_usage(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "answer")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url)
+
+    first = await runtime.rotator.acomplete(MESSAGES)
+    second = await runtime.rotator.acomplete(MESSAGES)
+
+    stored = _status(db, "a")
+    assert stored.request_count == 2
+    assert stored.prompt_tokens == first.prompt_tokens + second.prompt_tokens
+    assert stored.completion_tokens == first.completion_tokens + second.completion_tokens
+    assert stored.last_used_at is not None

@@ -86,7 +86,9 @@ def test_worker_loop_runs_jobs_twice_in_a_row(
     outcomes = []
     for _ in range(2):
         job_id = worker_loop.run(_new_job, client_id)
-        outcomes.append(worker_loop.run(execute_job, job_id))
+        run = worker_loop.run(execute_job, job_id)
+        assert run is not None
+        outcomes.append(run.status)
         job = _job(db, job_id)
         assert job.result is not None
         assert "Rp63.2 trillion" in job.result["answer"]

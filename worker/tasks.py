@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import text
 
 from common.jobs import execute_job
+from common.models import JobStatus
 from common.queue import RUN_ANALYSIS_TASK
 from common.runtime import Runtime
 from worker.app import app
@@ -28,7 +29,10 @@ def run_analysis(job_id: str) -> None:
     except ValueError:
         logger.error("dropping a message with malformed job id %r", job_id)
         return
-    current_worker_loop().run(execute_job, parsed)
+    run = current_worker_loop().run(execute_job, parsed)
+    if run is not None and run.status is JobStatus.RETRYING and run.retry_at is not None:
+        # Published from the task's thread, never from the loop: kombu blocks.
+        run_analysis.apply_async(args=(job_id,), eta=run.retry_at)
 
 
 async def _describe_runtime(runtime: Runtime) -> dict[str, Any]:
