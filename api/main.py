@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import health, jobs, queries
+from api.routes import admin_keys, health, jobs, queries
 from common.queue import create_celery_app
 from common.runtime import Runtime
 from common.settings import get_settings
@@ -46,6 +46,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(queries.router)
     app.include_router(jobs.router)
+    app.include_router(admin_keys.router)
     return app
 
 

@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool
 
 from common.analysis import Level, Mode
+from common.models import Provider
 
 
 class QueryCreate(BaseModel):
@@ -82,3 +83,78 @@ class SyncAnswer(BaseModel):
     key_label: str
     usage: Usage
     duration_ms: int
+
+
+class KeyCreate(BaseModel):
+    """Body of POST /v1/admin/keys. Unknown fields are rejected, so a misspelt one is not lost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(description=f"One of: {', '.join(p.value for p in Provider)}.")
+    label: str = Field(max_length=100, description="A unique name for the key.")
+    secret: SecretStr = Field(description="The provider's API key; no response contains it.")
+    base_url: str | None = Field(
+        default=None, max_length=500, description="API base URL; required for openai-compatible."
+    )
+    model: str | None = Field(
+        default=None, max_length=200, description="Model to call; null for the provider's default."
+    )
+    project: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Cloud project; keys of one project cool down together.",
+    )
+    # The bounds are those of the PostgreSQL integer column.
+    priority: int = Field(
+        default=0,
+        ge=-(2**31),
+        le=2**31 - 1,
+        description="Keys with a higher priority are used first.",
+    )
+
+
+class KeyUpdate(BaseModel):
+    """Body of PATCH /v1/admin/keys/{key_id}; a null or absent field is left unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: StrictBool | None = Field(
+        default=None,
+        description="false disables the key; true makes it active and ends its cooldown.",
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=-(2**31),
+        le=2**31 - 1,
+        description="Keys with a higher priority are used first.",
+    )
+
+
+class KeyUsage(BaseModel):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    last_used_at: datetime | None
+
+
+class KeyPublic(BaseModel):
+    """A provider key as the admin API returns it, with its secret masked."""
+
+    id: int
+    provider: str
+    label: str
+    secret: str = Field(description="Masked secret: at most its first 3 and last 2 characters.")
+    model: str | None = Field(description="Model to call; null for the provider's default.")
+    base_url: str | None
+    project: str | None
+    priority: int
+    status: str
+    status_reason: str | None
+    status_changed_at: datetime
+    cooldown_until: datetime | None = Field(
+        description="End of the cooldown: the latest of the time stored in PostgreSQL and "
+        "the live cooldowns of the key and of its project in Redis; null if none."
+    )
+    last_error: str | None
+    usage: KeyUsage
+    created_at: datetime

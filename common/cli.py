@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import redis
 import typer
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -26,8 +27,9 @@ from common.companies import (
 )
 from common.crypto import SecretBox, hash_client_key, new_client_key
 from common.db import create_sync_db_engine, sync_session_factory
-from common.errors import InvalidInputError, ModcusError
-from common.keystore import add_key, list_keys_sync
+from common.errors import InvalidInputError, ModcusError, NotFoundError
+from common.keystore import add_key, delete_key_sync, list_keys_sync, set_key_enabled_sync
+from common.master_key import rotate_master_key
 from common.models import ApiClient, ProviderKey
 from common.settings import get_settings
 
@@ -120,7 +122,7 @@ def keys_add(
     with _session() as session:
         key = add_key(
             session,
-            SecretBox(get_settings().secret_key),
+            SecretBox.from_settings(get_settings()),
             provider=provider,
             label=label,
             secret=secret,
@@ -169,6 +171,87 @@ def keys_list(
             f"{key['id']:>4}  {key['provider']!s:<18} {key['label']!s:<24} "
             f"{key['status']!s:<10} {key['secret']}"
         )
+
+
+KeyIdArgument = Annotated[
+    int, typer.Argument(metavar="ID", help="The key's id, as 'modcus keys list' shows it.")
+]
+
+
+def _key_not_found(key_id: int) -> NotFoundError:
+    return NotFoundError(f"no key with id {key_id}; list keys with 'modcus keys list'")
+
+
+def _delete_cooldown(redis_url: str, key_id: int) -> None:
+    """Delete the key's cooldown in Redis; the rotator skips the key while that entry exists."""
+    # Imported here because common.rotator loads llama-index, which adds seconds to every command.
+    from common.rotator import cooldown_redis_key
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(cooldown_redis_key(key_id))
+    except redis.RedisError as exc:
+        raise ModcusError(
+            f"cannot reach Redis ({type(exc).__name__}) to clear the cooldown of key {key_id}, "
+            "so the key was not changed; check REDIS_URL and that Redis is running"
+        ) from None
+    finally:
+        client.close()
+
+
+@keys_app.command("disable")
+def keys_disable(key_id: KeyIdArgument) -> None:
+    """Stop using a key until an operator enables it again."""
+    with _session() as session:
+        key = set_key_enabled_sync(session, key_id, enabled=False)
+        if key is None:
+            raise _key_not_found(key_id)
+        session.commit()
+    typer.echo(f"key {key.id} {key.label!r} is {key.status}")
+
+
+@keys_app.command("enable")
+def keys_enable(key_id: KeyIdArgument) -> None:
+    """Make a disabled, invalid, exhausted or cooling key active, and end its cooldown."""
+    settings = get_settings()
+    with _session() as session:
+        key = set_key_enabled_sync(session, key_id, enabled=True)
+        if key is None:
+            raise _key_not_found(key_id)
+        # Redis is cleared before the commit, so that a Redis failure rolls the update back.
+        _delete_cooldown(settings.redis_url, key_id)
+        session.commit()
+    typer.echo(f"key {key.id} {key.label!r} is {key.status}")
+
+
+@keys_app.command("remove")
+def keys_remove(key_id: KeyIdArgument) -> None:
+    """Delete a key. Job attempts made with it stay, with its label."""
+    with _session() as session:
+        key = delete_key_sync(session, key_id)
+        if key is None:
+            raise _key_not_found(key_id)
+        session.commit()
+    typer.echo(f"key {key.id} {key.label!r} is removed")
+
+
+@keys_app.command("rotate-master-key")
+def keys_rotate_master_key() -> None:
+    """Re-encrypt every secret with MODCUS_SECRET_KEY, decrypting with MODCUS_OLD_SECRET_KEYS too.
+
+    Either every secret is re-encrypted or none is. Afterwards, restart every API,
+    worker and scheduler process with the new key, then remove MODCUS_OLD_SECRET_KEYS.
+    """
+    settings = get_settings()
+    box = SecretBox.from_settings(settings)
+    with _session() as session:
+        count = rotate_master_key(session, box)
+    typer.echo(f"re-encrypted {count} keys with MODCUS_SECRET_KEY")
+    typer.echo(
+        "restart every API, worker and scheduler process with this MODCUS_SECRET_KEY, "
+        "then remove the old keys from MODCUS_OLD_SECRET_KEYS",
+        err=True,
+    )
 
 
 @companies_app.command("load")

@@ -10,6 +10,7 @@ import secrets
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from common.errors import SecretDecryptionError
+from common.settings import Settings
 
 CLIENT_KEY_PREFIX = "mk_"
 
@@ -40,6 +41,15 @@ class SecretBox:
         keys = (master_key, *old_master_keys)
         self._fernet = MultiFernet([Fernet(_fernet_key(key)) for key in keys])
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretBox:
+        """Encrypt with MODCUS_SECRET_KEY and also decrypt with MODCUS_OLD_SECRET_KEYS.
+
+        Reading with the old keys too keeps every process working while an operator
+        re-encrypts the stored secrets under a new master key.
+        """
+        return cls(settings.secret_key, *settings.old_secret_key_list)
+
     def encrypt(self, secret: str) -> bytes:
         return self._fernet.encrypt(secret.encode())
 
@@ -50,6 +60,16 @@ class SecretBox:
             raise SecretDecryptionError(
                 f"the secret of key {key_label!r} cannot be decrypted with MODCUS_SECRET_KEY; "
                 "set the master key it was stored with, or add the key again"
+            ) from None
+
+    def rotate(self, token: bytes) -> bytes:
+        """Re-encrypt `token` with the master key; any of the box's keys may decrypt it."""
+        try:
+            return self._fernet.rotate(token)
+        except InvalidToken:
+            raise SecretDecryptionError(
+                "the secret cannot be decrypted with MODCUS_SECRET_KEY "
+                "or any key in MODCUS_OLD_SECRET_KEYS"
             ) from None
 
 

@@ -190,7 +190,7 @@ def _prepare_data(env: dict[str, str], fake_base_url: str) -> str:
             remove_key_by_label_sync(session, DEMO_KEY_LABEL)
             add_key(
                 session,
-                SecretBox(settings.secret_key),
+                SecretBox.from_settings(settings),
                 provider="openai-compatible",
                 label=DEMO_KEY_LABEL,
                 secret=DEMO_PROVIDER_SECRET,

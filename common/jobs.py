@@ -153,7 +153,7 @@ def request_of(job: Job) -> AnalysisRequest:
 
 @dataclass(frozen=True)
 class JobRun:
-    """How one run of a job ended: a terminal state, or retrying at `retry_at`."""
+    """The end of one run of a job: a terminal state, or retrying at `retry_at`."""
 
     status: JobStatus
     retry_at: datetime | None = None

@@ -1,8 +1,9 @@
 """The key rotator: picks a healthy provider key for each LLM call and falls back on failure.
 
 It is the only retry loop for LLM calls. A rate-limited key cools down for the
-delay the provider gave, shared with every process through Redis; a rejected key
-is marked in PostgreSQL; the same request then goes to the next usable key.
+delay the provider gave, and every process sees the cooldown through Redis. A
+rejected key is marked in PostgreSQL. Either way, the same request then goes to
+the next usable key.
 """
 
 from __future__ import annotations

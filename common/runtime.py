@@ -26,7 +26,7 @@ class Runtime:
     """The async resources one event loop uses. Created and closed on that loop.
 
     asyncpg connections, the redis.asyncio connection pool and httpx connections
-    belong to the loop they were opened on; using them from another loop fails with
+    belong to the loop they were opened on. Used from another loop, they fail with
     "attached to a different loop" or "Event loop is closed".
     """
 
@@ -53,7 +53,7 @@ class Runtime:
         )
         rotator = KeyRotator(
             settings,
-            SecretBox(settings.secret_key),
+            SecretBox.from_settings(settings),
             session_factory=session_factory,
             redis=redis,
             http_client=http_client,

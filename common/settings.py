@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # Previous master keys, comma-separated. They only decrypt, for rotate-master-key.
     old_secret_keys: str = Field(default="", validation_alias="MODCUS_OLD_SECRET_KEYS", repr=False)
 
-    # Longest question accepted by the API, in characters.
+    # Maximum length of a question accepted by the API, in characters.
     max_query_chars: int = Field(default=4000, ge=1, validation_alias="MODCUS_MAX_QUERY_CHARS")
     # Budget of POST /v1/query/sync, from request to answer.
     sync_timeout_s: float = Field(default=30.0, gt=0, validation_alias="MODCUS_SYNC_TIMEOUT_S")
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     default_cooldown_s: float = Field(
         default=60.0, gt=0, validation_alias="MODCUS_DEFAULT_COOLDOWN_S"
     )
-    # Longest cooldown applied to a rate-limited key, whatever the provider asks for.
+    # Maximum cooldown of a rate-limited key, whatever delay the provider requests.
     max_cooldown_s: float = Field(default=3600.0, gt=0, validation_alias="MODCUS_MAX_COOLDOWN_S")
     # Providers in the order the rotator tries them; providers not listed come last.
     provider_order: str = Field(

@@ -8,11 +8,13 @@ server) and MODCUS_TEST_REDIS_URL (default: Redis database 15 on the local serve
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -208,27 +210,13 @@ class ChildProcess:
         self._log.close()
 
 
-def start_worker(tmp_path: Path, *, pool: str = "prefork", concurrency: int = 1) -> ChildProcess:
-    worker = ChildProcess(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "--pool",
-            pool,
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        tmp_path / f"worker-{pool}.log",
-    )
+def start_worker(
+    tmp_path: Path, *, pool: str = "prefork", concurrency: int = 1, name: str = "worker"
+) -> ChildProcess:
+    celery = [sys.executable, "-m", "celery", "-A", "worker", "worker"]
+    options = ["--pool", pool, "--concurrency", str(concurrency), "--hostname", f"{name}@%h"]
+    quiet = ["--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = ChildProcess([*celery, *options, *quiet], tmp_path / f"{name}-{pool}.log")
     worker.wait_for_output("ready.")
     return worker
 
@@ -256,3 +244,33 @@ def start_api(tmp_path: Path, port: int) -> ChildProcess:
             time.sleep(0.2)
     api.stop()
     raise AssertionError(f"the API did not start; output:\n{api.output()}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def poll_job(
+    api_url: str,
+    client_key: str,
+    job_id: str,
+    *,
+    timeout_s: float = 60,
+    until: tuple[str, ...] = TERMINAL_STATUSES,
+) -> dict[str, Any]:
+    """Poll a job over HTTP until its status is one of `until`, or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job: dict[str, Any] = httpx.get(
+            f"{api_url}/v1/jobs/{job_id}", headers={"X-API-Key": client_key}, timeout=10
+        ).json()
+        assert "status" in job, job
+        if job["status"] in until or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,9 @@ from tests.conftest import (
     ChildProcess,
     SessionMaker,
     create_client,
+    free_port,
     load_sample_companies,
+    poll_job,
     start_api,
     start_worker,
 )
@@ -34,13 +34,6 @@ BODY = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def client_key(db: SessionMaker, settings: Settings, fake: FakeProviderServer) -> str:
     fake.provider.set_behaviour(PROVIDER_KEY, "answer")
@@ -53,7 +46,7 @@ def client_key(db: SessionMaker, settings: Settings, fake: FakeProviderServer) -
 
 @pytest.fixture
 def api_url(db: SessionMaker, tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     api = start_api(tmp_path, port)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -72,17 +65,6 @@ def worker(
         process.stop()
 
 
-def _poll(api_url: str, client_key: str, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = httpx.get(
-            f"{api_url}/v1/jobs/{job_id}", headers={"X-API-Key": client_key}, timeout=10
-        ).json()
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.2)
-
-
 def test_jobs_over_http_succeed_on_worker(
     api_url: str, worker: ChildProcess, client_key: str, fake: FakeProviderServer
 ) -> None:
@@ -93,7 +75,7 @@ def test_jobs_over_http_succeed_on_worker(
         assert response.status_code == 202
         job_ids.append(response.json()["job_id"])
 
-    jobs = [_poll(api_url, client_key, job_id) for job_id in job_ids]
+    jobs = [poll_job(api_url, client_key, job_id) for job_id in job_ids]
 
     for job in jobs:
         assert job["status"] == "succeeded", job
@@ -115,7 +97,7 @@ def test_job_fails_with_reason_when_keys_rejected(
     headers = {"X-API-Key": client_key}
 
     job_id = httpx.post(f"{api_url}/v1/query", json=BODY, headers=headers).json()["job_id"]
-    job = _poll(api_url, client_key, job_id)
+    job = poll_job(api_url, client_key, job_id)
 
     assert job["status"] == "failed"
     assert job["error"]["code"] == "no_usable_key"

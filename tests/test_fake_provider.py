@@ -575,6 +575,7 @@ def test_anthropic_models_list_uses_x_api_key(fake: FakeProviderServer) -> None:
 CATALOGUE_STATUSES = {
     "openai_rate_limit_rpm": 429,
     "openai_rate_limit_retry_after_30": 429,
+    "openai_rate_limit_retry_after_2": 429,
     "openai_rate_limit_no_headers": 429,
     "openai_rate_limit_tpm": 429,
     "openai_request_too_large": 429,
@@ -665,7 +666,7 @@ def test_unknown_kind_raises(fake: FakeProviderServer) -> None:
 
 def test_catalogue_names_are_kinds() -> None:
     assert set(KINDS) == {"answer", "hang", *ERROR_CASES}
-    assert len(ERROR_CASES) == 27
+    assert len(ERROR_CASES) == 28
 
 
 def test_control_endpoints(fake: FakeProviderServer) -> None:

@@ -116,6 +116,12 @@ def _openai_rate_limit_retry_after_30(key: str) -> ErrorAnswer:
     return ErrorAnswer(429, body, {"retry-after": "30"})
 
 
+def _openai_rate_limit_retry_after_2(key: str) -> ErrorAnswer:
+    # A short delay, so that tests can watch a job wait for its key and then finish.
+    body = _openai_error(_OPENAI_RPM_MESSAGE, "requests", "rate_limit_exceeded")
+    return ErrorAnswer(429, body, {"retry-after": "2"})
+
+
 def _openai_rate_limit_no_headers(key: str) -> ErrorAnswer:
     return ErrorAnswer(429, _openai_error(_OPENAI_RPM_MESSAGE, "requests", "rate_limit_exceeded"))
 
@@ -355,6 +361,7 @@ def _anthropic_server_error(key: str) -> ErrorAnswer:
 ERROR_CASES: dict[str, Callable[[str], ErrorAnswer]] = {
     "openai_rate_limit_rpm": _openai_rate_limit_rpm,
     "openai_rate_limit_retry_after_30": _openai_rate_limit_retry_after_30,
+    "openai_rate_limit_retry_after_2": _openai_rate_limit_retry_after_2,
     "openai_rate_limit_no_headers": _openai_rate_limit_no_headers,
     "openai_rate_limit_tpm": _openai_rate_limit_tpm,
     "openai_request_too_large": _openai_request_too_large,
