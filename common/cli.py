@@ -1,10 +1,12 @@
 """The `modcus` command line: database, clients, provider keys, companies and the demo.
 
-Every command is sync and uses psycopg; none starts an event loop.
+Every command is sync and uses psycopg, except `keys check`: it probes keys through the
+async provider SDKs, so it starts one event loop at the top and closes it when it ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import logging
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import redis
 import typer
@@ -32,6 +34,9 @@ from common.keystore import add_key, delete_key_sync, list_keys_sync, set_key_en
 from common.master_key import rotate_master_key
 from common.models import ApiClient, ProviderKey
 from common.settings import get_settings
+
+if TYPE_CHECKING:
+    from common.revalidation import RevalidationSummary
 
 # Pretty exceptions are off: they print local variables, which may hold secrets.
 app = typer.Typer(
@@ -149,6 +154,8 @@ def _key_as_dict(key: ProviderKey) -> dict[str, object]:
         "cooldown_until": key.cooldown_until.isoformat() if key.cooldown_until else None,
         "requests": key.request_count,
         "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "last_checked_at": key.last_checked_at.isoformat() if key.last_checked_at else None,
+        "last_check_outcome": key.last_check_outcome,
     }
 
 
@@ -233,6 +240,58 @@ def keys_remove(key_id: KeyIdArgument) -> None:
             raise _key_not_found(key_id)
         session.commit()
     typer.echo(f"key {key.id} {key.label!r} is removed")
+
+
+@keys_app.command("check")
+def keys_check(
+    key_id: Annotated[
+        int | None,
+        typer.Option("--key", metavar="ID", help="Probe only this key; by default every key."),
+    ] = None,
+) -> None:
+    """Probe keys now with a model-list request, which spends no tokens, and store the outcome.
+
+    Exhausted keys, and cooling keys whose cooldown has passed, become active when the
+    probe succeeds. Rejected keys become invalid or disabled. Disabled and invalid keys
+    are not probed. Exits with 1 when another revalidation is running.
+    """
+    summary = asyncio.run(_check_keys(key_id))
+    if summary.skipped:
+        raise ModcusError(
+            f"key revalidation {summary.describe()}; try again in a few seconds, when it has ended"
+        )
+    if not summary.results:
+        typer.echo("no key to probe: every key is disabled or invalid, or none is stored")
+    else:
+        typer.echo(f"{'ID':>4}  {'LABEL':<24} {'STATUS':<10} OUTCOME")
+    for result in summary.results:
+        typer.echo(f"{result.key_id:>4}  {result.label:<24} {result.status:<10} {result.outcome}")
+    typer.echo(summary.describe())
+
+
+async def _check_keys(key_id: int | None) -> RevalidationSummary:
+    """Run one revalidation on a Runtime created and closed on this event loop."""
+    from common.keystore import get_key
+    from common.models import KeyStatus
+    from common.revalidation import revalidate_keys
+    from common.runtime import Runtime
+
+    runtime = await Runtime.start(get_settings())
+    try:
+        if key_id is not None:
+            async with runtime.session_factory() as session:
+                key = await get_key(session, key_id)
+            if key is None:
+                raise _key_not_found(key_id)
+            if key.status in (KeyStatus.DISABLED, KeyStatus.INVALID):
+                raise ModcusError(
+                    f"key {key.id} {key.label!r} is {key.status}, so it is not probed: only an "
+                    "operator returns a disabled or invalid key to service; enable it first "
+                    f"with 'modcus keys enable {key.id}'"
+                )
+        return await revalidate_keys(runtime, key_id=key_id)
+    finally:
+        await runtime.aclose()
 
 
 @keys_app.command("rotate-master-key")

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, Update, delete, func, select, update
+from sqlalchemy import Select, Update, and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,9 @@ DEFAULT_MODELS = {
 
 # Statuses the rotator may pick from; a cooling key is skipped until its cooldown ends.
 _SELECTABLE_STATUSES = (KeyStatus.ACTIVE, KeyStatus.COOLING)
+
+# Statuses that key revalidation probes: those a probe can confirm or end.
+_PROBED_STATUSES = (KeyStatus.ACTIVE, KeyStatus.COOLING, KeyStatus.EXHAUSTED)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,24 @@ def _usable_keys_query() -> Select[ProviderKey]:
     )
 
 
+def to_key_record(row: ProviderKey, secret: str) -> KeyRecord:
+    """Build the KeyRecord of a stored key from its row and its decrypted secret."""
+    provider = Provider(row.provider)
+    return KeyRecord(
+        id=row.id,
+        provider=provider,
+        label=row.label,
+        secret=secret,
+        model=row.model or DEFAULT_MODELS[provider],
+        base_url=row.base_url,
+        project=row.project,
+        priority=row.priority,
+        status=KeyStatus(row.status),
+        cooldown_until=row.cooldown_until,
+        last_used_at=row.last_used_at,
+    )
+
+
 def _to_records(rows: Sequence[ProviderKey], box: SecretBox) -> list[KeyRecord]:
     records = []
     for row in rows:
@@ -95,22 +116,7 @@ def _to_records(rows: Sequence[ProviderKey], box: SecretBox) -> list[KeyRecord]:
             # The key stays as stored: the operator fixes the master key or re-adds it.
             logger.warning("skipping key %s: %s", row.id, exc)
             continue
-        provider = Provider(row.provider)
-        records.append(
-            KeyRecord(
-                id=row.id,
-                provider=provider,
-                label=row.label,
-                secret=secret,
-                model=row.model or DEFAULT_MODELS[provider],
-                base_url=row.base_url,
-                project=row.project,
-                priority=row.priority,
-                status=KeyStatus(row.status),
-                cooldown_until=row.cooldown_until,
-                last_used_at=row.last_used_at,
-            )
-        )
+        records.append(to_key_record(row, secret))
     return records
 
 
@@ -298,6 +304,60 @@ async def record_key_failure(session: AsyncSession, key_id: int, *, error: str) 
             last_error=error,
         )
     )
+
+
+async def load_keys_to_probe(
+    session: AsyncSession, *, key_id: int | None = None
+) -> list[ProviderKey]:
+    """Load the keys that revalidation probes, oldest first; only key `key_id` when given.
+
+    Disabled and invalid keys are left out: either status ends only by an operator's
+    action, so a probe could not change it.
+    """
+    query = (
+        select(ProviderKey)
+        .where(ProviderKey.status.in_(_PROBED_STATUSES))
+        .order_by(ProviderKey.id)
+        .execution_options(populate_existing=True)
+    )
+    if key_id is not None:
+        query = query.where(ProviderKey.id == key_id)
+    return list((await session.scalars(query)).all())
+
+
+async def reactivate_checked_key(
+    session: AsyncSession, key_id: int, *, cooldown_ended: bool
+) -> None:
+    """Make a key active after a successful probe, if it is exhausted or its cooldown ended.
+
+    A cooling key becomes active only when `cooldown_ended` (the caller found no live
+    cooldown in Redis) and the cooldown stored here has passed. Nothing else changes: a
+    future cooldown_until, such as a Gemini daily quota's reset time, stays, and the
+    rotator keeps skipping the key until then.
+    """
+    reactivated = ProviderKey.status == KeyStatus.EXHAUSTED.value
+    if cooldown_ended:
+        cooling_over = and_(
+            ProviderKey.status == KeyStatus.COOLING.value,
+            or_(ProviderKey.cooldown_until.is_(None), ProviderKey.cooldown_until <= func.now()),
+        )
+        reactivated = or_(reactivated, cooling_over)
+    await session.execute(
+        update(ProviderKey)
+        .where(ProviderKey.id == key_id, reactivated)
+        .values(**_status_change(KeyStatus.ACTIVE, "revalidation succeeded"))
+    )
+
+
+async def record_key_check(session: AsyncSession, key_id: int, *, outcome: str) -> str | None:
+    """Store the time and outcome of a key check; return the key's status, None if it is gone."""
+    status: str | None = await session.scalar(
+        update(ProviderKey)
+        .where(ProviderKey.id == key_id)
+        .values(last_checked_at=func.now(), last_check_outcome=outcome)
+        .returning(ProviderKey.status)
+    )
+    return status
 
 
 def check_key_label(label: str) -> str:

@@ -346,7 +346,24 @@ class KeyRotator:
         return cooling
 
     async def _apply_failure(self, key: KeyRecord, failure: Failure) -> datetime | None:
-        """Store what a failure means for `key`; return its cooldown end if it cools."""
+        """Store what a failure means for `key` and count the request; return its cooldown end."""
+        async with self._sessions()() as session:
+            until = await self.store_failure(session, key, failure)
+            await record_key_failure(
+                session, key.id, error=f"{failure.kind.value}: {failure.message}"
+            )
+            await session.commit()
+        return until
+
+    async def store_failure(
+        self, session: AsyncSession, key: KeyRecord, failure: Failure
+    ) -> datetime | None:
+        """Cool down or take out of service `key` as `failure` requires; return its cooldown end.
+
+        A rate limit sets the cooldown in Redis at once, and the statuses go into `session`,
+        which the caller commits. `failure.message` must already be redacted. Transient
+        failures and request errors change nothing.
+        """
         now = datetime.now(UTC)
         until = None
         if failure.kind is FailureKind.RATE_LIMITED:
@@ -360,36 +377,31 @@ class KeyRotator:
                 "key %s (%s) is rate-limited; cooling down for %.1f s", key.id, key.label, delay_s
             )
 
-        async with self._sessions()() as session:
-            if until is not None:
-                await set_key_status(
-                    session,
-                    key.id,
-                    KeyStatus.COOLING,
-                    reason=f"rate-limited: {failure.message}",
-                    cooldown_until=until,
-                )
-            elif failure.kind in _LASTING_STATUS:
-                status = _LASTING_STATUS[failure.kind]
-                reason = f"{failure.kind.value}: {failure.message}"
-                # A Gemini quota belongs to the project, so its other keys are spent too.
-                if failure.kind is FailureKind.QUOTA_EXHAUSTED and key.project:
-                    await set_project_status(
-                        session,
-                        key.provider.value,
-                        key.project,
-                        status,
-                        reason=reason,
-                        cooldown_until=failure.resets_at,
-                    )
-                await set_key_status(
-                    session, key.id, status, reason=reason, cooldown_until=failure.resets_at
-                )
-                logger.warning("key %s (%s) is now %s", key.id, key.label, status.value)
-            await record_key_failure(
-                session, key.id, error=f"{failure.kind.value}: {failure.message}"
+        if until is not None:
+            await set_key_status(
+                session,
+                key.id,
+                KeyStatus.COOLING,
+                reason=f"rate-limited: {failure.message}",
+                cooldown_until=until,
             )
-            await session.commit()
+        elif failure.kind in _LASTING_STATUS:
+            status = _LASTING_STATUS[failure.kind]
+            reason = f"{failure.kind.value}: {failure.message}"
+            # A Gemini quota belongs to the project, so its other keys are spent too.
+            if failure.kind is FailureKind.QUOTA_EXHAUSTED and key.project:
+                await set_project_status(
+                    session,
+                    key.provider.value,
+                    key.project,
+                    status,
+                    reason=reason,
+                    cooldown_until=failure.resets_at,
+                )
+            await set_key_status(
+                session, key.id, status, reason=reason, cooldown_until=failure.resets_at
+            )
+            logger.warning("key %s (%s) is now %s", key.id, key.label, status.value)
         return until
 
     async def _set_cooldown(self, key: KeyRecord, until: datetime) -> None:

@@ -808,3 +808,40 @@ async def test_latency_delays_answer(fake: FakeProviderServer) -> None:
     await ask_openai(fake)
 
     assert time.monotonic() - started >= 0.2
+
+
+@pytest.mark.asyncio
+async def test_models_list_errors_with_model_lists(fake: FakeProviderServer) -> None:
+    behaviour = Behaviour("openai_rate_limit_retry_after_30", times=1, model_lists=True)
+    fake.provider.set_behaviour(OPENAI_KEY, behaviour)
+
+    async with openai_client(fake) as client:
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.models.list()
+        page = await client.models.list()
+
+    assert caught.value.response.headers["retry-after"] == "30"
+    assert [model.id for model in page.data] == ["gpt-4o-mini", "gpt-4o"]
+    assert fake.provider.request_count(OPENAI_KEY, path_prefix="/v1/models") == 2
+
+
+def test_gemini_models_list_errors_with_model_lists(fake: FakeProviderServer) -> None:
+    fake.provider.set_behaviour(GEMINI_KEY, Behaviour("gemini_overloaded", model_lists=True))
+
+    response = httpx.get(
+        fake.base_url + "/v1beta/models", headers={"x-goog-api-key": GEMINI_KEY}, timeout=10
+    )
+
+    assert response.status_code == 503
+    assert response.json()["error"]["status"] == "UNAVAILABLE"
+
+
+def test_behaviour_model_lists_json() -> None:
+    behaviour = Behaviour.from_json({"kind": "openai_server_error", "model_lists": True})
+
+    assert behaviour.model_lists is True
+    assert behaviour.to_json()["model_lists"] is True
+    assert Behaviour.from_json(behaviour.to_json()) == behaviour
+    assert Behaviour.from_json("answer").model_lists is False
+    with pytest.raises(TypeError, match="model_lists must be a boolean"):
+        Behaviour.from_json({"kind": "answer", "model_lists": "yes"})

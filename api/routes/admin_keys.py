@@ -1,4 +1,4 @@
-"""Admin endpoints for provider keys: add, list, read, enable or disable, reprioritize, delete.
+"""Admin endpoints for provider keys: add, list, read, change, delete, and check with a probe.
 
 Every endpoint needs an admin client key. A secret is accepted when a key is added
 and returned only in masked form.
@@ -14,9 +14,16 @@ from typing import TypeVar
 from fastapi import APIRouter, Depends, status
 from redis.asyncio import Redis
 
-from api.deps import AdminDep, RuntimeDep, SessionDep, SettingsDep, get_admin
+from api.deps import AdminDep, PublisherDep, RuntimeDep, SessionDep, SettingsDep, get_admin
 from api.errors import ApiError
-from api.schemas import KeyCreate, KeyPublic, KeyUpdate, KeyUsage
+from api.schemas import (
+    KeyCheckResult,
+    KeyCreate,
+    KeyPublic,
+    KeyUpdate,
+    KeyUsage,
+    RevalidationAccepted,
+)
 from common.crypto import SecretBox
 from common.errors import InvalidInputError
 from common.keystore import (
@@ -31,7 +38,9 @@ from common.keystore import (
     set_key_enabled,
     set_key_priority,
 )
-from common.models import ProviderKey
+from common.models import KeyStatus, ProviderKey
+from common.queue import enqueue_revalidation
+from common.revalidation import revalidate_keys
 from common.rotator import cooldown_redis_key, project_cooldown_redis_key
 
 logger = logging.getLogger(__name__)
@@ -56,6 +65,16 @@ def _key_not_found(key_id: int) -> ApiError:
         status.HTTP_404_NOT_FOUND,
         "key_not_found",
         f"no key with id {key_id}; list keys with GET /v1/admin/keys",
+    )
+
+
+def _key_not_probed(key_id: int, label: str, status_value: str) -> ApiError:
+    return ApiError(
+        status.HTTP_409_CONFLICT,
+        "key_not_probed",
+        f"key {key_id} {label!r} is {status_value}, so it is not probed: only an operator "
+        "returns a disabled or invalid key to service; enable it first with "
+        f'PATCH {router.prefix}/{key_id} and {{"enabled": true}}',
     )
 
 
@@ -108,6 +127,8 @@ def _to_public(key: ProviderKey, live_cooldown_until: datetime | None) -> KeyPub
         status_changed_at=key.status_changed_at,
         cooldown_until=cooldown_until,
         last_error=key.last_error,
+        last_checked_at=key.last_checked_at,
+        last_check_outcome=key.last_check_outcome,
         usage=KeyUsage(
             requests=key.request_count,
             prompt_tokens=key.prompt_tokens,
@@ -223,3 +244,56 @@ async def remove_key(key_id: int, admin: AdminDep, session: SessionDep) -> None:
         raise _key_not_found(key_id)
     await session.commit()
     logger.info("key %s (%s) deleted by client %s", key.id, key.label, admin.id)
+
+
+@router.post("/revalidate", status_code=status.HTTP_202_ACCEPTED)
+async def revalidate_all_keys(admin: AdminDep, publisher: PublisherDep) -> RevalidationAccepted:
+    """Queue a revalidation of every key that is active, cooling or exhausted.
+
+    A worker runs it unless another revalidation is running; `modcus keys list` and
+    GET /v1/admin/keys then show each key's last_check_outcome.
+    """
+    task_id = await enqueue_revalidation(publisher)
+    logger.info("key revalidation %s queued by client %s", task_id, admin.id)
+    return RevalidationAccepted(task_id=task_id, status="queued")
+
+
+@router.post("/{key_id}/check")
+async def check_key(
+    key_id: int, admin: AdminDep, session: SessionDep, runtime: RuntimeDep
+) -> KeyCheckResult:
+    """Probe one key now, store the outcome and any status change, and return both.
+
+    Disabled and invalid keys are not probed (409), because only an operator returns
+    them to service.
+    """
+    key = await get_key(session, key_id)
+    if key is None:
+        raise _key_not_found(key_id)
+    if key.status in (KeyStatus.DISABLED, KeyStatus.INVALID):
+        raise _key_not_probed(key_id, key.label, key.status)
+    label = key.label
+    # Ends the read transaction, so that its connection does not idle in it during the probe.
+    await session.rollback()
+
+    summary = await revalidate_keys(runtime, key_id=key_id)
+    if summary.skipped:
+        raise ApiError(
+            status.HTTP_409_CONFLICT,
+            "revalidation_running",
+            "another key revalidation is running; retry in a few seconds, when it has ended",
+        )
+
+    key = await get_key(session, key_id)
+    if key is None:
+        raise _key_not_found(key_id)
+    if not summary.results:
+        # The key was disabled or marked invalid between the read and the probe.
+        raise _key_not_probed(key_id, label, key.status)
+    result = summary.results[0]
+    logger.info("key %s (%s) checked by client %s: %s", key.id, key.label, admin.id, result.outcome)
+    return KeyCheckResult(
+        outcome=result.outcome,
+        kind=result.kind,
+        key=await _public_with_cooldown(runtime.redis, key),
+    )

@@ -117,9 +117,9 @@ class _Handlers:
     ) -> Response:
         """Record a provider request and build the response that the key's behaviour selects.
 
-        `generates` is False for model-list requests. Those leave the behaviour's `times`
-        count alone and return only errors that reject the key, because real providers serve
-        them without spending quota.
+        `generates` is False for model-list requests. Unless the behaviour sets
+        `model_lists`, those leave the behaviour's `times` count alone and return only errors
+        that reject the key, because real providers serve them without spending quota.
         """
         record = self.provider.record_request(key, request.method, request.url.path, time.time())
         self.provider.record_connection(request.scope.get("client"))
@@ -152,7 +152,7 @@ class _Handlers:
         if behaviour.kind == HANG:
             return await self._hang(request)
         returns_error = behaviour.kind != ANSWER and (
-            generates or behaviour.kind in KEY_REJECTED_CASES
+            generates or behaviour.model_lists or behaviour.kind in KEY_REJECTED_CASES
         )
         if not returns_error:
             return await answer(request)

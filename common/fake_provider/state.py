@@ -22,12 +22,18 @@ class Behaviour:
     `kind` is "answer", "hang" or an error case name. `latency_ms` delays every response.
     With `times` set, the behaviour serves that many requests and then hands over to `then`,
     or to a plain answer when `then` is None.
+
+    Model-list requests return only the errors that reject the key, and do not count against
+    `times`, because real providers serve them without spending quota. With `model_lists`,
+    they return every error case and count against `times` like other requests, so that key
+    revalidation can be tested against a rate-limited or failing model list.
     """
 
     kind: str = ANSWER
     latency_ms: int = 0
     times: int | None = None
     then: Behaviour | None = None
+    model_lists: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -49,7 +55,7 @@ class Behaviour:
             return cls(kind=data)
         if not isinstance(data, dict):
             raise TypeError(f"a behaviour must be a JSON object or a kind name, got {data!r}")
-        unknown = set(data) - {"kind", "latency_ms", "times", "then"}
+        unknown = set(data) - {"kind", "latency_ms", "times", "then", "model_lists"}
         if unknown:
             raise ValueError(f"unknown behaviour fields: {', '.join(sorted(unknown))}")
         kind = data.get("kind", ANSWER)
@@ -61,12 +67,16 @@ class Behaviour:
             raise TypeError(f"latency_ms must be an integer, got {latency_ms!r}")
         if times is not None and not _is_int(times):
             raise TypeError(f"times must be an integer or null, got {times!r}")
+        model_lists = data.get("model_lists", False)
+        if not isinstance(model_lists, bool):
+            raise TypeError(f"model_lists must be a boolean, got {model_lists!r}")
         then = data.get("then")
         return cls(
             kind=kind,
             latency_ms=latency_ms,
             times=times,
             then=None if then is None else cls.from_json(then),
+            model_lists=model_lists,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -76,6 +86,7 @@ class Behaviour:
             "latency_ms": self.latency_ms,
             "times": self.times,
             "then": None if self.then is None else self.then.to_json(),
+            "model_lists": self.model_lists,
         }
 
 
@@ -162,14 +173,17 @@ class FakeProvider:
     def take_behaviour(self, key: str, *, consume: bool = True) -> Behaviour | None:
         """Return the behaviour for the next request made with `key`.
 
-        With `consume`, the request counts against the behaviour's `times`. Returns None when
-        neither the key nor the default has a behaviour.
+        The request counts against the behaviour's `times` with `consume`, and also without it
+        when the behaviour sets `model_lists`. Returns None when neither the key nor the
+        default has a behaviour.
         """
         with self._lock:
             slot = self._slots.get(key, self._default)
             if slot is None:
                 return None
-            return slot.take() if consume else slot.current()
+            if consume or slot.current().model_lists:
+                return slot.take()
+            return slot.current()
 
     def record_request(
         self, key: str | None, method: str, path: str, received_at: float
