@@ -156,5 +156,52 @@ class KeyPublic(BaseModel):
         "the live cooldowns of the key and of its project in Redis; null if none."
     )
     last_error: str | None
+    last_checked_at: datetime | None = Field(
+        description="When key revalidation last checked the key; null if never."
+    )
+    last_check_outcome: str | None = Field(
+        description='What that check found: "ok", or a kind and detail such as '
+        '"invalid_key: ..." or "transient: timed out after 10 s".'
+    )
     usage: KeyUsage
     created_at: datetime
+
+
+class KeyCheckResult(BaseModel):
+    """Response of POST /v1/admin/keys/{key_id}/check."""
+
+    outcome: str = Field(description='What the probe found, such as "ok" or "invalid_key: ...".')
+    kind: str = Field(
+        description="ok, rate_limited, quota_exhausted, invalid_key, permission_denied, "
+        "transient, request_error, not_probed or error."
+    )
+    key: KeyPublic
+
+
+class RevalidationAccepted(BaseModel):
+    """Response of POST /v1/admin/keys/revalidate: the queued revalidation task."""
+
+    task_id: str
+    status: str = Field(description='Always "queued".')
+
+
+class JobSummary(BaseModel):
+    """A job as GET /v1/jobs lists it, without its result, error and attempts."""
+
+    job_id: uuid.UUID
+    status: str
+    query: str
+    mode: str
+    ticker: str | None
+    level: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    """A page of GET /v1/jobs, newest job first."""
+
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(
+        description="Pass it as `cursor` to get the next page; null on the last page."
+    )

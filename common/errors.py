@@ -58,3 +58,7 @@ class NoUsableKeyError(ModcusError):
     def __init__(self, message: str, *, retry_at: datetime | None) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+
+
+class DependencyUnavailableError(ModcusError):
+    """Raised when PostgreSQL or Redis cannot be reached while a job runs."""

@@ -1,27 +1,31 @@
-"""Job rows: creation, state transitions as conditional updates, attempts, and execution."""
+"""Job rows: creation, state transitions as conditional updates, attempts, cancellation."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from redis.asyncio import Redis
+from sqlalchemy import and_, case, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from common.analysis import AnalysisRequest, Level, Mode, run_analysis
-from common.errors import CompanyNotFoundError, NoUsableKeyError, ProviderError
+from common.analysis import AnalysisRequest
+from common.errors import ModcusError
 from common.models import Job, JobAttempt, JobStatus
 from common.rotator import Attempt
-from common.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 # States a worker may start a job from.
 _STARTABLE = (JobStatus.QUEUED.value, JobStatus.RETRYING.value)
+# States a client may cancel a job in.
+_CANCELLABLE = (JobStatus.QUEUED.value, JobStatus.RETRYING.value, JobStatus.RUNNING.value)
 
 
 async def create_job(session: AsyncSession, *, client_id: int, request: AnalysisRequest) -> Job:
@@ -48,20 +52,35 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, client_id: int | 
     return await session.scalar(query.execution_options(populate_existing=True))
 
 
-async def claim_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
-    """Move a queued or retrying job to running; None if it is in any other state.
+async def claim_job(
+    session: AsyncSession, job_id: uuid.UUID, *, lease_s: float = 60.0
+) -> Job | None:
+    """Start a run of a job: move it to running under a new run token and lease.
 
-    The update is conditional on the current state, so a redelivered message for a
-    job that is running or finished does nothing.
+    Returns None unless the job is queued or retrying, or running under a lease
+    that expired because its worker stopped. The update is conditional on those
+    states, so a redelivered message for a job that another worker holds, or that
+    has finished, starts nothing.
     """
+    was_running = Job.status == JobStatus.RUNNING.value
     job = await session.scalar(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(_STARTABLE))
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.status.in_(_STARTABLE),
+                and_(was_running, Job.lease_until < func.now()),
+            ),
+        )
         .values(
             status=JobStatus.RUNNING.value,
+            run_token=uuid.uuid4(),
+            lease_until=func.now() + timedelta(seconds=lease_s),
             started_at=func.coalesce(Job.started_at, func.now()),
             next_attempt_at=None,
             deliveries=Job.deliveries + 1,
+            # PostgreSQL evaluates SET expressions against the row before the update.
+            lost_runs=case((was_running, Job.lost_runs + 1), else_=Job.lost_runs),
         )
         .returning(Job)
     )
@@ -69,25 +88,49 @@ async def claim_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
     return job
 
 
+async def renew_lease(
+    session: AsyncSession, job_id: uuid.UUID, run_token: uuid.UUID, *, lease_s: float
+) -> bool:
+    """Extend the lease of a run; False if the run no longer holds the job."""
+    renewed = await session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING.value,
+            Job.run_token == run_token,
+        )
+        .values(lease_until=func.now() + timedelta(seconds=lease_s))
+        .returning(Job.id)
+    )
+    await session.commit()
+    return renewed.first() is not None
+
+
 async def finish_job(
     session: AsyncSession,
     job_id: uuid.UUID,
+    run_token: uuid.UUID,
     status: JobStatus,
     *,
     result: dict[str, Any] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> bool:
-    """Move a running job to a terminal state; return False if it was not running."""
+    """End a run in a terminal state; False if the run no longer held the job."""
     finished = await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING.value,
+            Job.run_token == run_token,
+        )
         .values(
             status=status.value,
             result=result,
             error_code=error_code,
             error_message=error_message,
             finished_at=func.now(),
+            lease_until=None,
         )
         .returning(Job.id)
     )
@@ -98,20 +141,26 @@ async def finish_job(
 async def defer_job(
     session: AsyncSession,
     job_id: uuid.UUID,
+    run_token: uuid.UUID,
     *,
     next_attempt_at: datetime,
     error_code: str,
     error_message: str,
 ) -> bool:
-    """Move a running job to retrying until `next_attempt_at`; False if it was not running."""
+    """End a run with the job retrying at `next_attempt_at`; False if the run lost the job."""
     deferred = await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING.value,
+            Job.run_token == run_token,
+        )
         .values(
             status=JobStatus.RETRYING.value,
             next_attempt_at=next_attempt_at,
             error_code=error_code,
             error_message=error_message,
+            lease_until=None,
         )
         .returning(Job.id)
     )
@@ -145,106 +194,157 @@ async def record_attempt(session: AsyncSession, job_id: uuid.UUID, attempt: Atte
     await session.commit()
 
 
-def request_of(job: Job) -> AnalysisRequest:
-    return AnalysisRequest(
-        query=job.query, mode=Mode(job.mode), level=Level(job.level), ticker=job.ticker
+def cancel_redis_key(job_id: uuid.UUID) -> str:
+    """Redis key whose presence tells the worker running the job to stop it."""
+    return f"modcus:cancel:{job_id}"
+
+
+# How long a cancellation flag outlives the request; far longer than any job.
+_CANCEL_FLAG_TTL_S = 24 * 3600
+
+
+async def cancel_job(
+    session: AsyncSession, redis: Redis, job_id: uuid.UUID, *, client_id: int
+) -> Job | None:
+    """Cancel a job of `client_id` that has not finished; None if it was not cancellable.
+
+    A queued or retrying job never starts afterwards, because workers only claim jobs
+    in those states. A running job is marked cancelled at once, and its worker stops
+    it at the next await after it sees the Redis flag; its result, if any, is dropped
+    because the worker only stores results of running jobs.
+    """
+    job = await session.scalar(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.client_id == client_id,
+            Job.status.in_(_CANCELLABLE),
+        )
+        .values(
+            status=JobStatus.CANCELLED.value,
+            finished_at=func.now(),
+            next_attempt_at=None,
+            lease_until=None,
+            error_code="cancelled",
+            error_message="the job was cancelled at the client's request",
+        )
+        .returning(Job)
+    )
+    await session.commit()
+    if job is not None:
+        await redis.set(cancel_redis_key(job_id), "1", ex=_CANCEL_FLAG_TTL_S)
+    return job
+
+
+class IdempotencyKeyReusedError(ModcusError):
+    """Raised when an Idempotency-Key comes back with a request different from its first one."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(
+            f"this Idempotency-Key was already used for a different request (job {job_id}); "
+            "use a new key for a different request"
+        )
+        self.job_id = job_id
+
+
+def request_fingerprint(request: AnalysisRequest) -> str:
+    """Hash a normalized request: SHA-256, in hex, of its canonical JSON."""
+    canonical = json.dumps(
+        {
+            "query": request.query,
+            "mode": request.mode.value,
+            "ticker": request.ticker,
+            "level": request.level.value,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Rounds of insert-then-select in create_job_once. A second round is needed only when
+# the conflicting row lost its key between the two statements.
+_IDEMPOTENT_INSERT_ROUNDS = 3
+
+
+async def create_job_once(
+    session: AsyncSession, *, client_id: int, request: AnalysisRequest, idempotency_key: str
+) -> tuple[Job, bool]:
+    """Insert a queued job unless the client already sent `idempotency_key`, and commit.
+
+    Returns the job and whether this call created it. Of concurrent calls with one key,
+    exactly one inserts: PostgreSQL makes the others wait on the unique index until the
+    first commits, then skips their rows. Raises IdempotencyKeyReusedError if the job
+    stored under the key was created from a different request.
+    """
+    fingerprint = request_fingerprint(request)
+    insert_job = (
+        pg_insert(Job)
+        .values(
+            id=uuid.uuid4(),
+            client_id=client_id,
+            status=JobStatus.QUEUED.value,
+            query=request.query,
+            mode=request.mode.value,
+            ticker=request.ticker,
+            level=request.level.value,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+        )
+        .on_conflict_do_nothing(
+            index_elements=[Job.client_id, Job.idempotency_key],
+            index_where=Job.idempotency_key.is_not(None),
+        )
+        .returning(Job)
+    )
+    find_existing = select(Job).where(
+        Job.client_id == client_id, Job.idempotency_key == idempotency_key
+    )
+
+    for _ in range(_IDEMPOTENT_INSERT_ROUNDS):
+        created = await session.scalar(insert_job)
+        if created is not None:
+            await session.commit()
+            return created, True
+
+        # In READ COMMITTED each statement reads the rows committed before it started,
+        # so this finds the row whose insert made ours a no-op.
+        existing = await session.scalar(find_existing.execution_options(populate_existing=True))
+        await session.commit()
+        if existing is None:
+            continue
+        if existing.request_fingerprint != fingerprint:
+            raise IdempotencyKeyReusedError(existing.id)
+        return existing, False
+
+    raise RuntimeError(
+        f"no job could be stored or found for Idempotency-Key of client {client_id} "
+        f"after {_IDEMPOTENT_INSERT_ROUNDS} rounds"
     )
 
 
-@dataclass(frozen=True)
-class JobRun:
-    """The end of one run of a job: a terminal state, or retrying at `retry_at`."""
+async def list_jobs(
+    session: AsyncSession,
+    *,
+    client_id: int,
+    status: JobStatus | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[Job]:
+    """Load up to `limit` jobs of a client, newest first, without their attempts.
 
-    status: JobStatus
-    retry_at: datetime | None = None
-
-
-async def execute_job(runtime: Runtime, job_id: uuid.UUID) -> JobRun | None:
-    """Run a job once; return how the run ended, or None if the job was not startable.
-
-    When no key can serve now but one frees up later, the job becomes retrying and
-    the caller schedules it again at `retry_at`, up to MODCUS_JOB_MAX_ATTEMPTS runs.
+    `after` is the (created_at, id) of the last job of the previous page; the page
+    starts with the job that sorts right after it. Ties on created_at sort by id.
     """
-    async with runtime.session_factory() as session:
-        job = await claim_job(session, job_id)
-    if job is None:
-        logger.info("job %s is not queued or retrying; skipping this delivery", job_id)
-        return None
-    logger.info("job %s started (delivery %d)", job_id, job.deliveries)
-
-    async def on_attempt(attempt: Attempt) -> None:
-        async with runtime.session_factory() as session:
-            await record_attempt(session, job_id, attempt)
-
-    started = datetime.now(UTC)
-    status = JobStatus.SUCCEEDED
-    result = None
-    error_code = error_message = None
-    try:
-        analysis = await run_analysis(
-            request_of(job),
-            rotator=runtime.rotator,
-            session_factory=runtime.session_factory,
-            on_attempt=on_attempt,
-        )
-    except CompanyNotFoundError as exc:
-        status, error_code, error_message = JobStatus.FAILED, "company_not_found", str(exc)
-    except NoUsableKeyError as exc:
-        max_attempts = runtime.settings.job_max_attempts
-        if exc.retry_at is not None and job.deliveries < max_attempts:
-            async with runtime.session_factory() as session:
-                deferred = await defer_job(
-                    session,
-                    job_id,
-                    next_attempt_at=exc.retry_at,
-                    error_code="waiting_for_key",
-                    error_message=str(exc),
-                )
-            if deferred:
-                logger.info("job %s waits for a key until %s", job_id, exc.retry_at.isoformat())
-                return JobRun(JobStatus.RETRYING, exc.retry_at)
-            return None
-        status, error_code = JobStatus.FAILED, "no_usable_key"
-        error_message = str(exc)
-        if exc.retry_at is not None:
-            error_message = f"gave up after {job.deliveries} attempts: {error_message}"
-    except ProviderError as exc:
-        status, error_code, error_message = JobStatus.FAILED, exc.code, str(exc)
-    except Exception:
-        # The exception text may quote provider answers, so it goes to the log only.
-        logger.exception("job %s raised an unexpected error", job_id)
-        status, error_code = JobStatus.FAILED, "internal_error"
-        error_message = (
-            f"the worker hit an unexpected error; its log has the details for job {job_id}"
-        )
-    else:
-        completion = analysis.completion
-        result = {
-            "answer": analysis.answer,
-            "provider": completion.provider,
-            "model": completion.model,
-            "key_label": completion.key_label,
-            "usage": {
-                "prompt_tokens": completion.prompt_tokens,
-                "completion_tokens": completion.completion_tokens,
-            },
-            "duration_ms": round((datetime.now(UTC) - started).total_seconds() * 1000),
-        }
-
-    async with runtime.session_factory() as session:
-        stored = await finish_job(
-            session,
-            job_id,
-            status,
-            result=result,
-            error_code=error_code,
-            error_message=error_message,
-        )
-    if not stored:
-        logger.warning("job %s left the running state while it ran; result dropped", job_id)
-        return None
-    if status is JobStatus.SUCCEEDED:
-        logger.info("job %s succeeded", job_id)
-    else:
-        logger.warning("job %s failed: %s", job_id, error_code)
-    return JobRun(status)
+    query = (
+        select(Job)
+        .where(Job.client_id == client_id)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+    )
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if after is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(*after))
+    return list(await session.scalars(query))

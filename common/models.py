@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -102,6 +103,9 @@ class ProviderKey(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # When key revalidation last checked the key, and what it found, such as "ok".
+    last_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_check_outcome: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -149,6 +153,14 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_in(JobStatus)})", name="status"),
         Index("ix_jobs_client_id_created_at", "client_id", "created_at"),
+        Index("ix_jobs_status_next_attempt_at", "status", "next_attempt_at"),
+        Index(
+            "uq_jobs_client_id_idempotency_key",
+            "client_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -167,6 +179,15 @@ class Job(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Times a worker took the job from the broker.
     deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The current run: its token, and until when its worker holds the job. A worker
+    # renews the lease while it runs, so an expired lease means the worker is gone.
+    run_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Runs that ended without a result because their worker stopped (killed, lost).
+    lost_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Idempotency-Key of the POST that created the job, and a hash of its body.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     attempts: Mapped[list[JobAttempt]] = relationship(
         back_populates="job", order_by="JobAttempt.number"

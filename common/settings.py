@@ -6,7 +6,7 @@ import functools
 from typing import Literal
 
 from cryptography.fernet import Fernet
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -67,8 +67,38 @@ class Settings(BaseSettings):
     )
     # Times a job may wait for a key to free up before it fails.
     job_max_attempts: int = Field(default=5, ge=1, validation_alias="MODCUS_JOB_MAX_ATTEMPTS")
+    # Longest run of one job; the worker fails a run that takes longer.
+    job_time_limit_s: float = Field(default=600.0, gt=0, validation_alias="MODCUS_JOB_TIME_LIMIT_S")
+    # How long a worker holds a running job without renewing its lease.
+    job_lease_s: float = Field(default=60.0, gt=0, validation_alias="MODCUS_JOB_LEASE_S")
+    # Runs of a job whose worker stopped (killed, lost) before the job is failed.
+    job_max_deliveries: int = Field(default=3, ge=1, validation_alias="MODCUS_JOB_MAX_DELIVERIES")
+    # Redis redelivers a message its worker has not acknowledged after this long.
+    broker_visibility_timeout_s: float = Field(
+        default=7200.0, gt=0, validation_alias="MODCUS_BROKER_VISIBILITY_TIMEOUT_S"
+    )
+    # Period of the reconciler, which re-enqueues jobs the broker lost.
+    reconcile_interval_s: float = Field(
+        default=60.0, gt=0, validation_alias="MODCUS_RECONCILE_INTERVAL_S"
+    )
+    # Finished jobs older than this are deleted.
+    job_retention_s: float = Field(
+        default=30 * 24 * 3600.0, gt=0, validation_alias="MODCUS_JOB_RETENTION_S"
+    )
     # Connections kept by each process's asyncpg pool.
     db_pool_size: int = Field(default=10, ge=1, validation_alias="MODCUS_DB_POOL_SIZE")
+    # Period of the scheduled probe of every provider key (celery beat).
+    key_revalidation_interval_s: float = Field(
+        default=600.0, gt=0, validation_alias="MODCUS_KEY_REVALIDATION_INTERVAL_S"
+    )
+    # Time budget of one key probe, from request to response.
+    key_probe_timeout_s: float = Field(
+        default=10.0, gt=0, validation_alias="MODCUS_KEY_PROBE_TIMEOUT_S"
+    )
+    # Key probes in flight at once during one revalidation run.
+    key_probe_concurrency: int = Field(
+        default=8, ge=1, validation_alias="MODCUS_KEY_PROBE_CONCURRENCY"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -134,6 +164,23 @@ class Settings(BaseSettings):
     def _database_url_for(self, driver: str) -> URL:
         return make_url(self.database_url).set(drivername=driver)
 
+    @model_validator(mode="after")
+    def _check_visibility_timeout(self) -> Settings:
+        # Redis redelivers a message whose job still runs once this timeout passes. The
+        # job lease keeps it from running twice, but each redelivery costs a check.
+        # Development may shorten it to test redelivery; the worker then warns.
+        if self.visibility_timeout_too_short and self.environment != "development":
+            raise ValueError(
+                f"MODCUS_BROKER_VISIBILITY_TIMEOUT_S ({self.broker_visibility_timeout_s:g}) "
+                f"must be longer than MODCUS_JOB_TIME_LIMIT_S ({self.job_time_limit_s:g}); "
+                "raise the visibility timeout or lower the time limit"
+            )
+        return self
+
+    @property
+    def visibility_timeout_too_short(self) -> bool:
+        return self.broker_visibility_timeout_s <= self.job_time_limit_s
+
     @property
     def provider_rank(self) -> dict[str, int]:
         """Position of each provider in MODCUS_PROVIDER_ORDER; lower is tried first."""
@@ -158,13 +205,17 @@ class Settings(BaseSettings):
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        name = str(item["loc"][0]).upper() if item["loc"] else "configuration"
+        # The message never includes the input, which may be a secret.
+        reason = str(item["msg"]).removeprefix("Value error, ")
+        if not item["loc"]:
+            # Checks across settings name the variables themselves.
+            lines.append(reason)
+            continue
+        name = str(item["loc"][0]).upper()
         fix = _FIXES.get(name, f"see the settings table in README.md for {name}")
         if item["type"] == "missing":
             lines.append(f"{name} is not set: {fix}")
         else:
-            # The message never includes the input, which may be a secret.
-            reason = str(item["msg"]).removeprefix("Value error, ")
             lines.append(f"{name} {reason}: {fix}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 

@@ -165,22 +165,23 @@ async def runtime(settings: Settings, db: object) -> AsyncIterator[Runtime]:
         await started.aclose()
 
 
-def child_environment() -> dict[str, str]:
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
 class ChildProcess:
     """A process started by a test, with its output in a log file."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
             args,
             cwd=PROJECT_DIR,
-            env=child_environment(),
+            env=child_environment(env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -199,6 +200,18 @@ class ChildProcess:
             time.sleep(0.1)
         raise AssertionError(f"{needle!r} never appeared; output:\n{self.output()}")
 
+    def children(self) -> list[int]:
+        """Return the ids of the process's direct children, read from /proc."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.process.pid:
+                found.append(int(stat.parent.name))
+        return found
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -211,29 +224,25 @@ class ChildProcess:
 
 
 def start_worker(
-    tmp_path: Path, *, pool: str = "prefork", concurrency: int = 1, name: str = "worker"
+    tmp_path: Path,
+    *,
+    pool: str = "prefork",
+    concurrency: int = 1,
+    name: str = "worker",
+    env: dict[str, str] | None = None,
 ) -> ChildProcess:
     celery = [sys.executable, "-m", "celery", "-A", "worker", "worker"]
     options = ["--pool", pool, "--concurrency", str(concurrency), "--hostname", f"{name}@%h"]
     quiet = ["--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    worker = ChildProcess([*celery, *options, *quiet], tmp_path / f"{name}-{pool}.log")
+    worker = ChildProcess([*celery, *options, *quiet], tmp_path / f"{name}-{pool}.log", env)
     worker.wait_for_output("ready.")
     return worker
 
 
-def start_api(tmp_path: Path, port: int) -> ChildProcess:
+def start_api(tmp_path: Path, port: int, env: dict[str, str] | None = None) -> ChildProcess:
+    uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app"]
     api = ChildProcess(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        tmp_path / "api.log",
+        [*uvicorn, "--host", "127.0.0.1", "--port", str(port)], tmp_path / "api.log", env
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -274,3 +283,14 @@ def poll_job(
         if job["status"] in until or time.monotonic() > deadline:
             return job
         time.sleep(0.1)
+
+
+def start_beat(
+    tmp_path: Path, *, name: str = "beat", env: dict[str, str] | None = None
+) -> ChildProcess:
+    """Start `celery -A worker beat` with its own schedule file in `tmp_path` and no pid file."""
+    celery = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO"]
+    schedule = ["--schedule", str(tmp_path / f"{name}-schedule")]
+    beat = ChildProcess([*celery, *schedule], tmp_path / f"{name}.log", env)
+    beat.wait_for_output("beat: Starting...")
+    return beat

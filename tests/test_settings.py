@@ -95,3 +95,21 @@ def test_settings_accept_placeholder_in_development(environment: pytest.MonkeyPa
 
 def test_settings_repr_hides_secret(environment: pytest.MonkeyPatch) -> None:
     assert VALID_KEY not in repr(load_settings())
+
+
+def test_settings_reject_short_visibility_timeout(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("MODCUS_BROKER_VISIBILITY_TIMEOUT_S", "300")
+    environment.setenv("MODCUS_JOB_TIME_LIMIT_S", "600")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    assert "MODCUS_BROKER_VISIBILITY_TIMEOUT_S (300) must be longer than" in str(caught.value)
+    assert "MODCUS_JOB_TIME_LIMIT_S (600)" in str(caught.value)
+
+
+def test_settings_allow_short_visibility_in_development(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("MODCUS_BROKER_VISIBILITY_TIMEOUT_S", "2")
+    environment.setenv("MODCUS_ENV", "development")
+
+    assert load_settings().visibility_timeout_too_short is True

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import select, text
 
 from common.analysis import AnalysisRequest, Level, Mode
+from common.execution import execute_job
 from common.fake_provider import FakeProviderServer
-from common.jobs import create_job, execute_job
+from common.jobs import create_job
 from common.models import ApiClient, Job, JobStatus
 from common.runtime import Runtime
 from common.settings import Settings

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Header, Response, status
 from sqlalchemy import update
 
 from api.deps import ClientDep, PublisherDep, RuntimeDep, SessionDep, SettingsDep
-from api.errors import ApiError
+from api.errors import RETRY_AFTER_S, ApiError
 from api.schemas import JobAccepted, QueryCreate, SyncAnswer, Usage
 from common.analysis import AnalysisRequest, Level, Mode, run_analysis
 from common.companies import company_exists, normalize_ticker
 from common.errors import CompanyNotFoundError
-from common.jobs import create_job
+from common.jobs import create_job, create_job_once
 from common.models import Job, JobStatus
 from common.queue import enqueue_analysis
 from common.settings import Settings
@@ -23,6 +24,9 @@ from common.settings import Settings
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["queries"])
+
+# The size of the jobs.idempotency_key column.
+MAX_IDEMPOTENCY_KEY_CHARS = 200
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -66,20 +70,78 @@ def to_analysis_request(body: QueryCreate, settings: Settings) -> AnalysisReques
     return AnalysisRequest(query=query, mode=mode, level=level, ticker=ticker)
 
 
-@router.post("/query", status_code=status.HTTP_202_ACCEPTED)
+def check_idempotency_key(value: str | None) -> str | None:
+    """Check an Idempotency-Key header, raising a 422 ApiError that names the header and fix."""
+    if value is None:
+        return None
+    if not value:
+        raise _invalid(
+            "Idempotency-Key",
+            "the Idempotency-Key header is empty; send a unique string of 1 to "
+            f"{MAX_IDEMPOTENCY_KEY_CHARS} characters, such as a UUID, or leave the header out",
+        )
+    if len(value) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise _invalid(
+            "Idempotency-Key",
+            f"the Idempotency-Key header has {len(value)} characters, more than the maximum "
+            f"of {MAX_IDEMPOTENCY_KEY_CHARS}; use a shorter unique string, such as a UUID",
+        )
+    return value
+
+
+def _accepted(job: Job) -> JobAccepted:
+    return JobAccepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
+
+
+@router.post(
+    "/query",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        status.HTTP_200_OK: {
+            "model": JobAccepted,
+            "description": "The job created earlier with the same Idempotency-Key.",
+        },
+    },
+)
 async def create_query(
     body: QueryCreate,
     client: ClientDep,
     session: SessionDep,
     settings: SettingsDep,
     publisher: PublisherDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="A unique string per request, such as a UUID. A retry with the same "
+            "key and body returns the first job instead of creating another.",
+        ),
+    ] = None,
 ) -> JobAccepted:
-    """Enqueue an analysis job and return where to poll it."""
+    """Enqueue an analysis job and return where to poll it.
+
+    A repeated Idempotency-Key with the same body returns the key's job with 200; with
+    another body it is rejected with 409.
+    """
     request = to_analysis_request(body, settings)
+    idempotency_key = check_idempotency_key(idempotency_key)
     if request.ticker and not await company_exists(session, request.ticker):
         raise CompanyNotFoundError(request.ticker)
 
-    job = await create_job(session, client_id=client.id, request=request)
+    if idempotency_key is None:
+        job = await create_job(session, client_id=client.id, request=request)
+    else:
+        job, created = await create_job_once(
+            session, client_id=client.id, request=request, idempotency_key=idempotency_key
+        )
+        if not created:
+            # Only the request that inserted the row publishes it, so the broker gets
+            # one message per key however many duplicates arrive.
+            logger.info("job %s returned again for a repeated Idempotency-Key", job.id)
+            response.status_code = status.HTTP_200_OK
+            return _accepted(job)
+
     try:
         await enqueue_analysis(publisher, job.id)
     except Exception:
@@ -91,6 +153,9 @@ async def create_query(
                 status=JobStatus.FAILED.value,
                 error_code="enqueue_failed",
                 error_message="the job could not be handed to the queue; submit it again",
+                # Freed so that the client's retry with the same key creates a new job
+                # instead of returning this failed one.
+                idempotency_key=None,
             )
         )
         await session.commit()
@@ -98,10 +163,11 @@ async def create_query(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "queue_unavailable",
             "the job queue is unavailable, so the job was not accepted; try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
 
     logger.info("job %s queued for client %s", job.id, client.id)
-    return JobAccepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
+    return _accepted(job)
 
 
 @router.post("/query/sync")
