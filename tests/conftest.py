@@ -34,9 +34,11 @@ os.environ["MODCUS_SECRET_KEY"] = Fernet.generate_key().decode()
 os.environ["MODCUS_ENV"] = "production"
 os.environ.pop("MODCUS_SYNC_TIMEOUT_S", None)
 
+from fastapi import FastAPI  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from api.main import create_app  # noqa: E402
 from common.crypto import SecretBox, hash_client_key, new_client_key  # noqa: E402
 from common.db import create_sync_db_engine, sync_session_factory  # noqa: E402
 from common.fake_provider import FakeProvider, FakeProviderServer  # noqa: E402
@@ -163,6 +165,22 @@ async def runtime(settings: Settings, db: object) -> AsyncIterator[Runtime]:
         yield started
     finally:
         await started.aclose()
+
+
+@pytest.fixture
+async def app(db: SessionMaker) -> AsyncIterator[FastAPI]:
+    """The API application in this process, with its lifespan running."""
+    application = create_app()
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client that calls the in-process API application."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://modcus.test") as client:
+        yield client
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,10 +12,8 @@ import httpx
 import pytest
 import redis
 from cryptography.fernet import Fernet
-from fastapi import FastAPI
 from sqlalchemy import select, text, update
 
-from api.main import create_app
 from common.crypto import SecretBox
 from common.errors import SecretDecryptionError
 from common.keystore import add_key
@@ -38,20 +36,6 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PATCH", f"{KEYS_PATH}/1", {"enabled": False}),
     ("DELETE", f"{KEYS_PATH}/1", None),
 ]
-
-
-@pytest.fixture
-async def app(db: SessionMaker) -> AsyncIterator[FastAPI]:
-    application = create_app()
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://modcus.test") as client:
-        yield client
 
 
 @pytest.fixture

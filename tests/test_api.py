@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from asgiref.sync import AsyncToSync
-from fastapi import FastAPI
 
-from api.main import create_app
 from common.fake_provider import Behaviour, FakeProviderServer
 from common.queue import RUN_ANALYSIS_TASK
 from common.settings import Settings
@@ -26,20 +23,6 @@ BODY = {
     "ticker": "GOTO",
     "level": "novice",
 }
-
-
-@pytest.fixture
-async def app(db: SessionMaker) -> AsyncIterator[FastAPI]:
-    application = create_app()
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://modcus.test") as client:
-        yield client
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,7 +14,6 @@ import redis
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
-from api.main import create_app
 from common.jobs import cancel_redis_key, claim_job
 from common.models import Job
 from common.runtime import Runtime
@@ -38,20 +36,6 @@ SUMMARY_FIELDS = {
     "created_at",
     "finished_at",
 }
-
-
-@pytest.fixture
-async def app(db: SessionMaker) -> AsyncIterator[FastAPI]:
-    application = create_app()
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://modcus.test") as client:
-        yield client
 
 
 @pytest.fixture

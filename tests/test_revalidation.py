@@ -9,17 +9,14 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from fastapi import FastAPI
 from sqlalchemy import select, update
 
-from api.main import create_app
 from common.crypto import SecretBox
 from common.fake_provider import Behaviour, FakeProviderServer
 from common.keystore import add_key
@@ -710,20 +707,6 @@ def test_cli_keys_list_shows_last_check(
 
 
 # The admin API
-
-
-@pytest.fixture
-async def app(db: SessionMaker) -> AsyncIterator[FastAPI]:
-    application = create_app()
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://modcus.test") as client:
-        yield client
 
 
 @pytest.fixture
