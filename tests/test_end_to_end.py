@@ -128,3 +128,26 @@ def test_worker_tasks_share_loop_and_pooled_connection(
     for process_reports in by_process.values():
         assert len({report["loop_id"] for report in process_reports}) == 1
         assert len({report["db_backend_pid"] for report in process_reports}) == 1
+
+
+def test_running_job_cancel_stops_it(
+    api_url: str, worker: ChildProcess, client_key: str, fake: FakeProviderServer
+) -> None:
+    from common.fake_provider import Behaviour
+
+    fake.provider.set_behaviour(PROVIDER_KEY, Behaviour(latency_ms=10_000))
+    headers = {"X-API-Key": client_key}
+    job_id = httpx.post(f"{api_url}/v1/query", json=BODY, headers=headers).json()["job_id"]
+    poll_job(api_url, client_key, job_id, until=("running",))
+
+    cancelled = httpx.post(f"{api_url}/v1/jobs/{job_id}/cancel", headers=headers)
+    worker.wait_for_output(f"job {job_id} stopped: cancelled", timeout_s=10)
+    again = httpx.post(f"{api_url}/v1/jobs/{job_id}/cancel", headers=headers)
+    job = poll_job(api_url, client_key, job_id)
+
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert again.status_code == 409
+    assert job["status"] == "cancelled"
+    assert job["result"] is None
+    assert job["attempts"] == []

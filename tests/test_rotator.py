@@ -195,6 +195,8 @@ async def test_rotator_gemini_key_through_google_genai(
     assert completion.provider == "gemini"
     assert completion.prompt_tokens > 0
     assert fake.provider.request_count(KEY_A, path_prefix="/v1beta/models/gemini-2.5-flash") == 1
+    # Building the client fetched no model metadata: the chat call was the only request.
+    assert fake.provider.request_count(KEY_A) == 1
 
 
 async def test_rotator_concurrent_calls_share_clients(
