@@ -24,8 +24,9 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml
 # A regular, non-editable install. The source tree is removed afterwards so that
 # uvicorn and celery, which put the working directory on sys.path, import the
 # installed packages, including the Alembic scripts in the migrations package.
+# The anthropic extra is included, so that Anthropic keys work in the container.
 COPY . .
-RUN pip install . \
+RUN pip install '.[anthropic]' \
     && cd / \
     && rm -rf /src
 

@@ -102,7 +102,8 @@ def clients_create(
 def _read_secret() -> str:
     if sys.stdin.isatty():
         return getpass.getpass("secret (not echoed): ")
-    return sys.stdin.readline()
+    # All of it: a service account key is a JSON file of many lines.
+    return sys.stdin.read()
 
 
 @keys_app.command("add")
@@ -181,7 +182,10 @@ def keys_list(
 
 
 KeyIdArgument = Annotated[
-    int, typer.Argument(metavar="ID", help="The key's id, as 'modcus keys list' shows it.")
+    int,
+    typer.Argument(
+        metavar="ID", min=1, max=2**31 - 1, help="The key's id, as 'modcus keys list' shows it."
+    ),
 ]
 
 
@@ -345,9 +349,24 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     except OperationalError as exc:
+        # libpq's first line names the server and the reason, never the password.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         typer.echo(
-            f"error: cannot reach the database ({type(exc.orig).__name__}); "
+            f"error: the database failed: {reason}; "
             "check DATABASE_URL and that PostgreSQL is running",
+            err=True,
+        )
+        raise SystemExit(1) from None
+    except redis.exceptions.ConnectionError as exc:
+        typer.echo(
+            f"error: cannot reach Redis ({exc}); check REDIS_URL and that Redis is running",
+            err=True,
+        )
+        raise SystemExit(1) from None
+    except ConnectionError as exc:
+        typer.echo(
+            f"error: a connection failed ({exc}); check DATABASE_URL and REDIS_URL "
+            "and that PostgreSQL and Redis are running",
             err=True,
         )
         raise SystemExit(1) from None

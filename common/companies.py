@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,25 @@ class CompanyContext:
     documents: list[tuple[str, str | None, str]]  # (period, source, body)
 
 
+# Tickers as exchanges print them: letters and digits, with '.' or '-' for share
+# classes and markets (BRK.B, RDS-A), at most the width of companies.ticker.
+_TICKER = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,15}")
+# PostgreSQL text cannot hold NUL, and UTF-8 cannot encode an unpaired surrogate.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
 def normalize_ticker(ticker: str) -> str:
     return ticker.strip().upper()
+
+
+def is_valid_ticker(ticker: str) -> bool:
+    """Check a normalized ticker against the format companies.ticker stores."""
+    return _TICKER.fullmatch(ticker) is not None
+
+
+def is_storable_text(text: str) -> bool:
+    """Check that PostgreSQL can store `text`: no NUL and no unpaired surrogate."""
+    return _UNSTORABLE.search(text) is None
 
 
 def parse_document(text: str, *, name: str) -> DocumentFile:
@@ -68,8 +86,16 @@ def parse_document(text: str, *, name: str) -> DocumentFile:
         raise InvalidInputError(
             f"{name}: header lacks {', '.join(missing)}; add 'FIELD: value' lines"
         )
+    if not is_storable_text(text):
+        raise InvalidInputError(f"{name}: contains a NUL character; save it as plain UTF-8 text")
+    ticker = normalize_ticker(fields["ticker"])
+    if not is_valid_ticker(ticker):
+        raise InvalidInputError(
+            f"{name}: ticker {fields['ticker']!r} is not a ticker; "
+            "use 1 to 16 letters, digits, '.' or '-'"
+        )
     return DocumentFile(
-        ticker=normalize_ticker(fields["ticker"]),
+        ticker=ticker,
         company=fields["company"],
         period=fields["period"],
         exchange=fields.get("exchange") or None,

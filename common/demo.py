@@ -208,6 +208,18 @@ def _prepare_data(env: dict[str, str], fake_base_url: str) -> str:
     return client_key
 
 
+def _remove_demo_key(env: dict[str, str]) -> None:
+    """Remove the fake provider's key, whose server is gone, so later jobs do not try it."""
+    os.environ.update(env)
+    engine = create_sync_db_engine(load_settings())
+    try:
+        with sync_session_factory(engine)() as session:
+            remove_key_by_label_sync(session, DEMO_KEY_LABEL)
+    finally:
+        engine.dispose()
+    _say(f"removed key {DEMO_KEY_LABEL!r}")
+
+
 def _poll(api_url: str, client_key: str, job_id: str, timeout_s: float) -> dict[str, Any]:
     headers = {"X-API-Key": client_key}
     deadline = time.monotonic() + timeout_s
@@ -323,6 +335,7 @@ def run_demo(*, timeout_s: float) -> int:
         job_id = response.json()["job_id"]
         job = _poll(api_url, client_key, job_id, timeout_s)
 
+    _remove_demo_key(env)
     print()
     if job["status"] == "succeeded":
         print("Answer:\n")

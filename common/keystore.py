@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +31,9 @@ DEFAULT_MODELS = {
     Provider.VERTEX: "gemini-2.5-flash",
     Provider.ANTHROPIC: "claude-sonnet-4-5",
 }
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff]")
 
 # Statuses the rotator may pick from; a cooling key is skipped until its cooldown ends.
 _SELECTABLE_STATUSES = (KeyStatus.ACTIVE, KeyStatus.COOLING)
@@ -70,11 +75,55 @@ def _check_base_url(provider: Provider, base_url: str | None) -> None:
         )
     if base_url is None:
         return
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    invalid = InvalidInputError(
+        f"base URL {base_url!r} is not an http(s) URL; pass one like http://HOST:PORT/v1"
+    )
+    if base_url != base_url.strip() or _CONTROL.search(base_url):
+        raise invalid
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise invalid from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise invalid
+    if parts.username or parts.password:
         raise InvalidInputError(
-            f"base URL {base_url!r} is not an http(s) URL; pass one like http://HOST:PORT/v1"
+            "the base URL contains credentials, which would be shown in key lists; "
+            "remove them and pass the secret on its own"
         )
+
+
+def check_secret_format(provider: Provider, secret: str, project: str | None) -> None:
+    """Raise InvalidInputError if `secret` cannot be a credential of `provider`.
+
+    The message never contains the secret.
+    """
+    if provider is Provider.VERTEX:
+        try:
+            info = json.loads(secret)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or info.get("type") != "service_account":
+            raise InvalidInputError(
+                "a vertex secret is the JSON key of a Google Cloud service account; "
+                "pass the whole JSON file on standard input"
+            )
+        if not (project or info.get("project_id")):
+            raise InvalidInputError(
+                "the service account key names no project_id; pass --project PROJECT"
+            )
+        return
+    if _WHITESPACE_OR_CONTROL.search(secret):
+        raise InvalidInputError(
+            "the secret contains whitespace or a control character, which API keys never "
+            "do; check what was pasted"
+        )
+
+
+def check_label_format(label: str) -> None:
+    if _CONTROL.search(label):
+        raise InvalidInputError("the key label contains a control character; use plain text")
 
 
 def _usable_keys_query() -> Select[ProviderKey]:
@@ -177,6 +226,8 @@ def add_key(
         raise InvalidInputError("the key label is empty; pass --label NAME")
     if not secret:
         raise InvalidInputError("the secret is empty; pipe it on standard input")
+    check_label_format(label)
+    check_secret_format(parsed, secret, project)
     _check_base_url(parsed, base_url)
 
     key = ProviderKey(
@@ -408,7 +459,9 @@ async def add_key_async(
     """
     parsed = parse_provider(provider)
     label = check_key_label(label)
+    check_label_format(label)
     secret = check_key_secret(secret)
+    check_secret_format(parsed, secret, project)
     base_url = check_key_base_url(parsed, base_url)
 
     # ON CONFLICT leaves the transaction usable, unlike catching the IntegrityError.

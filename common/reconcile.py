@@ -74,7 +74,7 @@ async def find_lost_jobs(runtime: Runtime) -> LostJobs:
     now = func.now()
     grace = timedelta(seconds=_PUBLISH_GRACE_S)
     async with runtime.session_factory() as session:
-        due = (
+        pending = (
             await session.scalars(
                 select(Job.id).where(
                     or_(
@@ -83,17 +83,24 @@ async def find_lost_jobs(runtime: Runtime) -> LostJobs:
                             Job.status == JobStatus.RETRYING.value,
                             Job.next_attempt_at < now - grace,
                         ),
-                        and_(Job.status == JobStatus.RUNNING.value, Job.lease_until < now),
                     )
                 )
             )
         ).all()
-    if not due:
+        # A running job past its lease is published again even if its message is still
+        # in the unacknowledged set: a worker killed outright leaves it there until
+        # the visibility timeout, which is hours.
+        abandoned = (
+            await session.scalars(
+                select(Job.id).where(Job.status == JobStatus.RUNNING.value, Job.lease_until < now)
+            )
+        ).all()
+    if not pending and not abandoned:
         return LostJobs(job_ids=[], checked=0)
 
-    in_broker = await job_ids_in_broker(runtime.redis)
-    lost = [job_id for job_id in due if str(job_id) not in in_broker]
-    return LostJobs(job_ids=lost, checked=len(due))
+    in_broker = await job_ids_in_broker(runtime.redis) if pending else set()
+    lost = [job_id for job_id in pending if str(job_id) not in in_broker]
+    return LostJobs(job_ids=[*lost, *abandoned], checked=len(pending) + len(abandoned))
 
 
 async def delete_expired_jobs(runtime: Runtime) -> int:

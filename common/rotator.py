@@ -245,7 +245,11 @@ class KeyRotator:
                 await self._notify(
                     on_attempt, key, started_at, outcome=failure.kind.value, error=failure.message
                 )
-                reasons.append(f"{key.label} ({key.provider.value}): {failure.kind.value}")
+                reason = f"{key.label} ({key.provider.value}): {failure.kind.value}"
+                if failure.kind is FailureKind.TRANSIENT:
+                    where = f" at {key.base_url}" if key.base_url else ""
+                    reason += f" ({failure.message.rstrip('.')}{where})"
+                reasons.append(reason)
                 described.add(key.id)
                 if project is not None and failure.kind in _PROJECT_WIDE:
                     blocked_projects[project] = until
@@ -280,6 +284,10 @@ class KeyRotator:
             )
 
         retry_at = min(cooling_until.values(), default=None)
+        if retry_at is None and transient_failures:
+            # Servers that failed or could not be reached may be back soon, so the
+            # call is worth repeating, unlike one whose keys were all rejected.
+            retry_at = datetime.now(UTC) + timedelta(seconds=self._settings.default_cooldown_s)
         async with self._sessions()() as session:
             reasons += await describe_unusable_keys(session, exclude_ids=described)
         if not reasons:

@@ -701,3 +701,52 @@ def test_rotate_master_key_invalid_old_keys(db: SessionMaker) -> None:
     assert "MODCUS_OLD_SECRET_KEYS item 2 is not a Fernet key" in finished.stderr
     assert bad_value not in finished.stderr
     assert valid_key not in finished.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"secret": "sk-with space-0123456789"}, "secret", "the secret contains whitespace"),
+        ({"label": "main\x00"}, "label", "the key label contains a control character"),
+        (
+            {"provider": "vertex", "secret": SECRET},
+            "secret",
+            "a vertex secret is the JSON key of a Google Cloud service account",
+        ),
+        (
+            {"provider": "openai-compatible", "base_url": "http://user:pw@127.0.0.1:9/v1"},
+            "base_url",
+            "the base URL contains credentials",
+        ),
+        (
+            {"provider": "openai-compatible", "base_url": "http://[::1"},
+            "base_url",
+            "base URL 'http://[::1' is not an http(s) URL",
+        ),
+        (
+            {"provider": "openai-compatible", "base_url": "http://127.0.0.1:99999/v1"},
+            "base_url",
+            "base URL 'http://127.0.0.1:99999/v1' is not an http(s) URL",
+        ),
+    ],
+)
+async def test_create_key_malformed_value_422(
+    http: httpx.AsyncClient,
+    admin: dict[str, str],
+    change: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    response = await http.post(KEYS_PATH, json=KEY_BODY | change, headers=admin)
+
+    assert response.status_code == 422
+    assert _error(response)["field"] == field
+    assert _error(response)["message"].startswith(message)
+    assert SECRET[:8] not in response.text
+
+
+async def test_read_key_id_out_of_range_422(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    response = await http.get(f"{KEYS_PATH}/99999999999999999999", headers=admin)
+
+    assert response.status_code == 422
+    assert _error(response)["field"] == "key_id"

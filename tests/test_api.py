@@ -262,3 +262,28 @@ async def test_healthz_and_readyz(http: httpx.AsyncClient) -> None:
     ready = await http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "postgresql": "ok", "redis": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"query": "\u0000abc"}, "query", "query contains a NUL character"),
+        ({"query": "abc\ud800"}, "query", "query contains a NUL character or an unpaired"),
+        ({"ticker": "GOTO\u0000"}, "ticker", "ticker 'GOTO\\x00' is not a ticker"),
+        ({"ticker": "Z Z/../1"}, "ticker", "ticker 'Z Z/../1' is not a ticker"),
+        ({"ticker": "A" * 17}, "ticker", "is not a ticker; use 1 to 16 letters"),
+    ],
+)
+async def test_query_unstorable_text_422(
+    http: httpx.AsyncClient, client_key: str, change: dict[str, Any], field: str, message: str
+) -> None:
+    # json.dumps escapes a lone surrogate as \ud800, which httpx could not encode.
+    response = await http.post(
+        "/v1/query",
+        content=json.dumps(BODY | change),
+        headers={"X-API-Key": client_key, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422
+    assert _error(response)["field"] == field
+    assert message in _error(response)["message"]

@@ -163,3 +163,76 @@ def test_cli_missing_setting_named(db: SessionMaker) -> None:
 
     assert finished.returncode == 1
     assert "MODCUS_SECRET_KEY is not set" in finished.stderr
+
+
+def test_cli_keys_add_vertex_reads_whole_json(db: SessionMaker, settings: Settings) -> None:
+    service_account = json.dumps(
+        {"type": "service_account", "project_id": "p1", "private_key": "x"}, indent=2
+    )
+
+    finished = modcus("keys", "add", "vertex", "--label", "vx", stdin=service_account)
+
+    assert finished.returncode == 0, finished.stderr
+    with db() as session:
+        key = session.scalar(select(ProviderKey).where(ProviderKey.label == "vx"))
+    assert key is not None
+    stored = SecretBox(settings.secret_key).decrypt(key.secret_encrypted, key_label="vx")
+    assert json.loads(stored)["project_id"] == "p1"
+
+
+def test_cli_keys_add_vertex_rejects_non_json(db: SessionMaker) -> None:
+    finished = modcus("keys", "add", "vertex", "--label", "vx", stdin=SECRET)
+
+    assert finished.returncode == 1
+    assert "a vertex secret is the JSON key of a Google Cloud service account" in finished.stderr
+
+
+def test_cli_keys_add_rejects_secret_with_whitespace(db: SessionMaker) -> None:
+    finished = modcus("keys", "add", "openai", "--label", "x", stdin="sk-one two-0123456789")
+
+    assert finished.returncode == 1
+    assert "contains whitespace or a control character" in finished.stderr
+    assert "sk-one" not in finished.stderr
+
+
+def test_cli_keys_add_rejects_base_url_with_credentials(db: SessionMaker) -> None:
+    finished = modcus(
+        "keys", "add", "openai-compatible", "--label", "x",
+        "--base-url", "http://user:pw@127.0.0.1:9/v1", stdin=SECRET,
+    )  # fmt: skip
+
+    assert finished.returncode == 1
+    assert "the base URL contains credentials" in finished.stderr
+
+
+def test_cli_keys_add_rejects_malformed_base_url(db: SessionMaker) -> None:
+    finished = modcus(
+        "keys",
+        "add",
+        "openai-compatible",
+        "--label",
+        "x",
+        "--base-url",
+        "http://[::1",
+        stdin=SECRET,
+    )
+
+    assert finished.returncode == 1
+    assert "base URL 'http://[::1' is not an http(s) URL" in finished.stderr
+
+
+def test_cli_database_error_names_reason(db: SessionMaker) -> None:
+    env = child_environment({"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/modcus_absent"})
+
+    finished = subprocess.run(
+        [str(PROJECT_DIR / ".venv" / "bin" / "modcus"), "keys", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert finished.returncode == 1
+    assert 'database "modcus_absent" does not exist' in finished.stderr
+    assert "Traceback" not in finished.stderr

@@ -244,7 +244,10 @@ def test_compose_dockerfile_runs_as_non_root() -> None:
 def test_compose_dockerfile_installs_project() -> None:
     runs = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"]
 
-    assert any(re.search(r"\bpip install (--?\S+ )*\.(\s|$)", run) for run in runs)
+    # The project itself, possibly with extras: `pip install .` or `pip install '.[x]'`.
+    assert any(
+        re.search(r"\bpip install (--?\S+ )*'?\.(\[[a-z,]+\])?'?(\s|$)", run) for run in runs
+    )
     assert not any("[dev]" in run for run in runs), "the image must not install the dev extras"
     assert not any(re.search(r"pip install (\S+ )*(-e|--editable)\b", run) for run in runs)
 
@@ -258,3 +261,12 @@ def test_compose_dockerignore_excludes_local_state() -> None:
 
     for pattern in (".git", ".venv", ".env", ".modcus"):
         assert pattern in patterns, f".dockerignore does not exclude {pattern}"
+
+
+def test_compose_passes_every_setting() -> None:
+    from common.settings import Settings
+
+    environment = load_compose()["x-modcus-environment"]
+    aliases = {str(field.validation_alias) for field in Settings.model_fields.values()}
+
+    assert aliases - set(environment) == set()

@@ -95,3 +95,17 @@ async def test_delete_expired_jobs_keeps_recent_and_pending(
     assert expired not in remaining
     assert expired_failed not in remaining
     assert remaining == {recent, pending}
+
+
+async def test_find_lost_jobs_takes_abandoned_running_job(
+    db: SessionMaker, runtime: Runtime
+) -> None:
+    create_client(db)
+    job_id = _add_job(db, "running", lease_until=datetime.now(UTC) - timedelta(minutes=1))
+    # A worker killed outright leaves its message unacknowledged for hours.
+    delivered = [{"headers": {"argsrepr": f"('{job_id}',)"}}, "", "celery"]
+    await runtime.redis.hset("unacked", "tag-1", json.dumps(delivered))
+
+    lost = await find_lost_jobs(runtime)
+
+    assert lost.job_ids == [job_id]

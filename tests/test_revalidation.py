@@ -391,7 +391,7 @@ async def test_revalidation_vertex_not_probed(
         db,
         settings,
         label="vertex",
-        secret='{"type": "service_account"}',
+        secret='{"type": "service_account", "project_id": "demo-project"}',
         base_url=fake.gemini_base_url,
         provider="vertex",
         model="gemini-2.5-flash",

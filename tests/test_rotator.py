@@ -437,3 +437,23 @@ async def test_rotator_records_usage(
     assert stored.prompt_tokens == first.prompt_tokens + second.prompt_tokens
     assert stored.completion_tokens == first.completion_tokens + second.completion_tokens
     assert stored.last_used_at is not None
+
+
+async def test_rotator_all_transient_retries_later(
+    db: SessionMaker, settings: Settings, runtime: Runtime, fake: FakeProviderServer
+) -> None:
+    fake.provider.set_behaviour(KEY_A, "openai_overloaded")
+    fake.provider.set_behaviour(KEY_B, "openai_server_error")
+    store_key(db, settings, label="a", secret=KEY_A, base_url=fake.openai_base_url, priority=1)
+    store_key(db, settings, label="b", secret=KEY_B, base_url=fake.openai_base_url)
+
+    with pytest.raises(NoUsableKeyError) as caught:
+        await runtime.rotator.acomplete(MESSAGES)
+
+    assert caught.value.retry_at is not None
+    wait_s = (caught.value.retry_at - datetime.now(UTC)).total_seconds()
+    assert settings.default_cooldown_s - 5 < wait_s <= settings.default_cooldown_s
+    assert "a (openai-compatible): transient (" in str(caught.value)
+    assert f"at {fake.openai_base_url})" in str(caught.value)
+    assert _status(db, "a").status == "active"
+    assert _status(db, "b").status == "active"

@@ -30,6 +30,7 @@ from worker.loop import current_worker_loop
 logger = logging.getLogger(__name__)
 
 _RECONCILE_CLAIM_KEY = "modcus:reconcile:claim"
+_CLAIM_SHARE = 0.9
 
 
 @app.task(name=RUN_ANALYSIS_TASK)
@@ -61,7 +62,9 @@ def run_analysis(job_id: str) -> None:
 async def _find_lost_jobs_once(runtime: Runtime) -> LostJobs | None:
     # One run per interval across every worker and beat process; the claim expires
     # by itself, so a crashed run does not block the next one.
-    interval_ms = int(runtime.settings.reconcile_interval_s * 1000)
+    # The claim covers most of the interval but not all of it, so that the next
+    # scheduled run, which may arrive a few milliseconds early, is not skipped.
+    interval_ms = int(runtime.settings.reconcile_interval_s * 1000 * _CLAIM_SHARE)
     claimed = await runtime.redis.set(_RECONCILE_CLAIM_KEY, os.getpid(), nx=True, px=interval_ms)
     if not claimed:
         return None

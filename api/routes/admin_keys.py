@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Path, status
 from redis.asyncio import Redis
 
 from api.deps import AdminDep, PublisherDep, RuntimeDep, SessionDep, SettingsDep, get_admin
@@ -31,6 +31,8 @@ from common.keystore import (
     check_key_base_url,
     check_key_label,
     check_key_secret,
+    check_label_format,
+    check_secret_format,
     delete_key,
     get_key,
     list_keys,
@@ -58,6 +60,10 @@ def _checked(field: str, check: Callable[[], _T]) -> _T:
         raise ApiError(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "validation_error", str(exc), field=field
         ) from None
+
+
+# Key ids are PostgreSQL integers; a larger number is rejected before any query.
+KeyIdPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="The key's id.")]
 
 
 def _key_not_found(key_id: int) -> ApiError:
@@ -151,7 +157,10 @@ async def create_key(
     """Store a provider key with its secret encrypted; return it with the secret masked."""
     provider = _checked("provider", lambda: parse_provider(body.provider))
     label = _checked("label", lambda: check_key_label(body.label))
+    _checked("label", lambda: check_label_format(label))
     secret = _checked("secret", lambda: check_key_secret(body.secret.get_secret_value()))
+    project = body.project or None
+    _checked("secret", lambda: check_secret_format(provider, secret, project))
     base_url = _checked("base_url", lambda: check_key_base_url(provider, body.base_url))
 
     key = await add_key_async(
@@ -162,7 +171,7 @@ async def create_key(
         secret=secret,
         base_url=base_url,
         model=body.model or None,
-        project=body.project or None,
+        project=project,
         priority=body.priority,
     )
     if key is None:
@@ -187,7 +196,7 @@ async def read_keys(session: SessionDep, runtime: RuntimeDep) -> list[KeyPublic]
 
 
 @router.get("/{key_id}")
-async def read_key(key_id: int, session: SessionDep, runtime: RuntimeDep) -> KeyPublic:
+async def read_key(key_id: KeyIdPath, session: SessionDep, runtime: RuntimeDep) -> KeyPublic:
     """Return one provider key, with its secret masked and its live cooldown."""
     key = await get_key(session, key_id)
     if key is None:
@@ -197,7 +206,7 @@ async def read_key(key_id: int, session: SessionDep, runtime: RuntimeDep) -> Key
 
 @router.patch("/{key_id}")
 async def update_key(
-    key_id: int, body: KeyUpdate, admin: AdminDep, session: SessionDep, runtime: RuntimeDep
+    key_id: KeyIdPath, body: KeyUpdate, admin: AdminDep, session: SessionDep, runtime: RuntimeDep
 ) -> KeyPublic:
     """Enable or disable a key, or change its priority.
 
@@ -237,7 +246,7 @@ async def update_key(
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove_key(key_id: int, admin: AdminDep, session: SessionDep) -> None:
+async def remove_key(key_id: KeyIdPath, admin: AdminDep, session: SessionDep) -> None:
     """Delete a key. Job attempts made with it stay, with its label and no key id."""
     key = await delete_key(session, key_id)
     if key is None:
@@ -260,7 +269,7 @@ async def revalidate_all_keys(admin: AdminDep, publisher: PublisherDep) -> Reval
 
 @router.post("/{key_id}/check")
 async def check_key(
-    key_id: int, admin: AdminDep, session: SessionDep, runtime: RuntimeDep
+    key_id: KeyIdPath, admin: AdminDep, session: SessionDep, runtime: RuntimeDep
 ) -> KeyCheckResult:
     """Probe one key now, store the outcome and any status change, and return both.
 

@@ -8,13 +8,13 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
-from sqlalchemy import update
+from sqlalchemy import func, update
 
 from api.deps import ClientDep, PublisherDep, RuntimeDep, SessionDep, SettingsDep
 from api.errors import RETRY_AFTER_S, ApiError
 from api.schemas import JobAccepted, QueryCreate, SyncAnswer, Usage
 from common.analysis import AnalysisRequest, Level, Mode, run_analysis
-from common.companies import company_exists, normalize_ticker
+from common.companies import company_exists, is_storable_text, is_valid_ticker, normalize_ticker
 from common.errors import CompanyNotFoundError
 from common.jobs import create_job, create_job_once
 from common.models import Job, JobStatus
@@ -36,6 +36,11 @@ def _invalid(field: str, message: str) -> ApiError:
 def to_analysis_request(body: QueryCreate, settings: Settings) -> AnalysisRequest:
     """Check a query body and convert it; raise a 422 ApiError that names the field and the fix."""
     query = body.query.strip()
+    if not is_storable_text(query):
+        raise _invalid(
+            "query",
+            "query contains a NUL character or an unpaired surrogate; send plain UTF-8 text",
+        )
     if not query:
         raise _invalid("query", "query is empty; send the question as a non-empty string")
     if len(query) > settings.max_query_chars:
@@ -62,6 +67,11 @@ def to_analysis_request(body: QueryCreate, settings: Settings) -> AnalysisReques
         ) from None
 
     ticker = normalize_ticker(body.ticker) if body.ticker else None
+    if ticker is not None and not is_valid_ticker(ticker):
+        raise _invalid(
+            "ticker",
+            f"ticker {body.ticker!r} is not a ticker; use 1 to 16 letters, digits, '.' or '-'",
+        )
     if mode is Mode.COMPANY_ANALYSIS and not ticker:
         raise _invalid(
             "ticker",
@@ -153,6 +163,7 @@ async def create_query(
                 status=JobStatus.FAILED.value,
                 error_code="enqueue_failed",
                 error_message="the job could not be handed to the queue; submit it again",
+                finished_at=func.now(),
                 # Freed so that the client's retry with the same key creates a new job
                 # instead of returning this failed one.
                 idempotency_key=None,
