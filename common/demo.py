@@ -1,8 +1,8 @@
 """`modcus demo`: the main job end to end on the sample companies, with no credentials.
 
-It reuses the PostgreSQL and Redis already running, starts a fake LLM provider on
-127.0.0.1, a worker and the API as child processes, submits one question over
-HTTP, polls the job to its end, prints it, and stops what it started.
+It reuses the PostgreSQL and Redis already running. It starts a fake LLM provider
+on 127.0.0.1, a worker and the API as child processes, then submits one question
+over HTTP and polls the job to its end. It prints the job and stops what it started.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from sqlalchemy import and_, case, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.sql.elements import ColumnElement
 
 from common.analysis import AnalysisRequest
 from common.errors import ModcusError
@@ -88,17 +89,22 @@ async def claim_job(
     return job
 
 
+def _held_by_run(job_id: uuid.UUID, run_token: uuid.UUID) -> tuple[ColumnElement[bool], ...]:
+    """Return the conditions under which the run with `run_token` still owns the job."""
+    return (
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING.value,
+        Job.run_token == run_token,
+    )
+
+
 async def renew_lease(
     session: AsyncSession, job_id: uuid.UUID, run_token: uuid.UUID, *, lease_s: float
 ) -> bool:
     """Extend the lease of a run; False if the run no longer holds the job."""
     renewed = await session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.RUNNING.value,
-            Job.run_token == run_token,
-        )
+        .where(*_held_by_run(job_id, run_token))
         .values(lease_until=func.now() + timedelta(seconds=lease_s))
         .returning(Job.id)
     )
@@ -119,11 +125,7 @@ async def finish_job(
     """End a run in a terminal state; False if the run no longer held the job."""
     finished = await session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.RUNNING.value,
-            Job.run_token == run_token,
-        )
+        .where(*_held_by_run(job_id, run_token))
         .values(
             status=status.value,
             result=result,
@@ -150,11 +152,7 @@ async def defer_job(
     """End a run with the job retrying at `next_attempt_at`; False if the run lost the job."""
     deferred = await session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.RUNNING.value,
-            Job.run_token == run_token,
-        )
+        .where(*_held_by_run(job_id, run_token))
         .values(
             status=JobStatus.RETRYING.value,
             next_attempt_at=next_attempt_at,
@@ -195,7 +193,7 @@ async def record_attempt(session: AsyncSession, job_id: uuid.UUID, attempt: Atte
 
 
 def cancel_redis_key(job_id: uuid.UUID) -> str:
-    """Redis key whose presence tells the worker running the job to stop it."""
+    """Return the Redis key whose presence makes the worker running the job stop it."""
     return f"modcus:cancel:{job_id}"
 
 

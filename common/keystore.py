@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, Update, and_, delete, func, or_, select, update
+from sqlalchemy import Select, Update, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -321,7 +321,12 @@ async def set_project_status(
 async def record_key_success(
     session: AsyncSession, key_id: int, *, prompt_tokens: int, completion_tokens: int
 ) -> None:
-    """Count a served request, and end a cooldown that has passed."""
+    """Count a served request, and end a cooldown that has passed.
+
+    One statement, because it runs after every LLM call: each column of the status
+    change applies only to a cooling key.
+    """
+    cooling = ProviderKey.status == KeyStatus.COOLING.value
     await session.execute(
         update(ProviderKey)
         .where(ProviderKey.id == key_id)
@@ -330,16 +335,12 @@ async def record_key_success(
             prompt_tokens=ProviderKey.prompt_tokens + prompt_tokens,
             completion_tokens=ProviderKey.completion_tokens + completion_tokens,
             last_used_at=func.now(),
-        )
-    )
-    await session.execute(
-        update(ProviderKey)
-        .where(ProviderKey.id == key_id, ProviderKey.status == KeyStatus.COOLING.value)
-        .values(
-            status=KeyStatus.ACTIVE.value,
-            status_reason="served a request after its cooldown",
-            status_changed_at=func.now(),
-            cooldown_until=None,
+            status=case((cooling, KeyStatus.ACTIVE.value), else_=ProviderKey.status),
+            status_reason=case(
+                (cooling, "served a request after its cooldown"), else_=ProviderKey.status_reason
+            ),
+            status_changed_at=case((cooling, func.now()), else_=ProviderKey.status_changed_at),
+            cooldown_until=case((cooling, None), else_=ProviderKey.cooldown_until),
         )
     )
 

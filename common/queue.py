@@ -54,7 +54,7 @@ def create_celery_app(settings: Settings) -> Celery:
         # A job is acknowledged when it ends, and requeued if its process dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # A worker process holds one job it has not started, so jobs spread across processes.
+        # A worker process reserves one job it has not started, so jobs spread across processes.
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.job_time_limit_s + _SOFT_LIMIT_MARGIN_S,
         task_time_limit=settings.job_time_limit_s + _HARD_LIMIT_MARGIN_S,

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     )
     # Times a job may wait for a key to free up before it fails.
     job_max_attempts: int = Field(default=5, ge=1, validation_alias="MODCUS_JOB_MAX_ATTEMPTS")
-    # Longest run of one job; the worker fails a run that takes longer.
+    # Maximum duration of one run of a job. The worker fails a run that takes longer.
     job_time_limit_s: float = Field(default=600.0, gt=0, validation_alias="MODCUS_JOB_TIME_LIMIT_S")
     # How long a worker holds a running job without renewing its lease.
     job_lease_s: float = Field(default=60.0, gt=0, validation_alias="MODCUS_JOB_LEASE_S")

@@ -66,7 +66,7 @@ def test_redact_masked_key_of_unknown_secret() -> None:
     assert "wxyz" not in cleaned
 
 
-def test_client_key_hash_is_stable_and_not_the_key() -> None:
+def test_client_key_hash_stable() -> None:
     key = new_client_key()
 
     assert key.startswith("mk_")

@@ -75,8 +75,8 @@ class WorkerLoop:
         """Await `function(runtime, *args)` on this loop from a task thread; return its result.
 
         asgiref 3.13's async_to_sync schedules onto the loop recorded in
-        SyncToAsync.threadlocal for the calling thread when its pid matches;
-        otherwise it starts a new loop for every call. The record is per thread,
+        SyncToAsync.threadlocal for the calling thread when its pid matches. Without
+        that record it starts a new loop for every call. The record is per thread,
         so it is set on each call: with the threads pool, tasks run on many threads.
         """
         if os.getpid() != self.pid:

@@ -73,7 +73,7 @@ async def _find_lost_jobs_once(runtime: Runtime) -> LostJobs | None:
 
 @app.task(name=RECONCILE_TASK)
 def reconcile_jobs() -> int:
-    """Publish again every job that PostgreSQL holds as pending but the broker lost."""
+    """Publish again every job that is pending in PostgreSQL but that the broker lost."""
     lost = current_worker_loop().run(_find_lost_jobs_once)
     if lost is None:
         logger.info("job reconciliation skipped: another run claimed this interval")
